@@ -1,0 +1,104 @@
+"""pytest 配置：实现切换、hypothesis 配置档、超时与“还没实现”的一行提示。
+
+- ``pytest exercises/01_normalization``            测你的代码（exercises/）
+- ``pytest exercises/01_normalization --solutions`` 同一批测试跑参考实现（等价于 KATA_IMPL=solutions）
+- ``pytest exercises/01_normalization --impl PATH``  跑任意实现文件/目录，或 ``bug:<名字>``（bug bank）
+- ``--hypothesis-profile=ci``                        CI 用的大样本配置；默认是快速、去随机化的 learner 档
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+
+from kata import impl as kata_impl
+
+settings.register_profile(
+    "learner",
+    max_examples=6,
+    derandomize=True,
+    deadline=None,
+    print_blob=False,
+    # 不要 explain 阶段：它会导入很重的依赖，且对“还没实现”毫无帮助
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors],
+)
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors],
+)
+# 命令行的 --hypothesis-profile 会在之后覆盖这里
+settings.load_profile(os.environ.get("KATA_HYPOTHESIS_PROFILE", "learner"))
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("minimind-kata")
+    group.addoption("--solutions", action="store_true", help="测试参考实现 solutions/ 而不是你的 exercises/")
+    group.addoption(
+        "--impl",
+        default=None,
+        help="测试哪个实现：exercises | solutions | bug:<名字> | 某个 .py 文件或目录的路径",
+    )
+
+
+def pytest_configure(config):
+    chosen = config.getoption("--impl")
+    if config.getoption("--solutions"):
+        if chosen not in (None, "solutions"):
+            raise pytest.UsageError("--solutions 与 --impl 只能二选一")
+        chosen = "solutions"
+    kata_impl.set_default_impl(chosen)
+
+
+def pytest_report_header(config):
+    return f"minimind-kata: 被测实现 = {kata_impl.describe(kata_impl.default_impl())}"
+
+
+@pytest.fixture(scope="module")
+def impl(request):
+    """当前被测实现的命名空间：按测试文件所在的模块目录（如 01_normalization）加载。"""
+    module_key = request.path.parent.name
+    try:
+        return kata_impl.resolve(module_key)
+    except kata_impl.ImplLoadError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+_NOT_IMPLEMENTED = "not_implemented"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when != "call" or not report.failed or call.excinfo is None:
+        return report
+    exc = call.excinfo.value
+    if isinstance(exc, NotImplementedError):
+        msg = str(exc) or "还没实现（NotImplementedError）"
+        report.longrepr = msg
+        report.user_properties.append((_NOT_IMPLEMENTED, msg))
+    elif "Timeout" in str(exc) and type(exc).__name__ == "Failed":
+        report.longrepr = (
+            f"超时：这个测试运行超过了 {item.config.getini('timeout') or '?'} 秒就被停下了。"
+            "你的实现里可能有死循环，或者在逐元素地用 Python 循环处理张量——改用张量运算。"
+        )
+    return report
+
+
+def pytest_terminal_summary(terminalreporter):
+    pending = {}
+    for rep in terminalreporter.stats.get("failed", []):
+        for key, msg in rep.user_properties:
+            if key == _NOT_IMPLEMENTED:
+                pending[msg] = pending.get(msg, 0) + 1
+    if pending:
+        terminalreporter.section("还没实现的部分")
+        for msg, n in pending.items():
+            terminalreporter.write_line(f"{n} 个测试在等：{msg}")
+        terminalreporter.write_line("实现之后再运行同一条命令；卡住了可以 `python -m kata hint <模块编号>`。")

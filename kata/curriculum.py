@@ -1,0 +1,129 @@
+"""课程表即数据（rustlings 式）：模块、文件、公开名字、实验与提示都在这一个列表里。
+
+`kata status / check / hint`、实现切换（kata.impl）、自检测试（tests/）都只读这里，
+新增一个模块 = 在 MODULES 里加一项 + 放好 exercises/ solutions/ experiments/ 三个目录。
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Module:
+    key: str                          # 目录名，例如 "01_normalization"
+    title: str                        # 中文标题
+    question: str                     # 核心问题
+    tier: int
+    files: dict[str, tuple[str, ...]]  # 练习文件名 -> 该文件导出的公开名字
+    experiments: tuple[str, ...] = ()
+    quickstart: tuple[tuple[str, ...], ...] = ()   # (实验脚本, 参数...)：kata quickstart 跑哪些
+    hints: tuple[str, ...] = ()
+    minutes: int = 60
+
+    @property
+    def number(self) -> str:
+        return self.key.split("_", 1)[0]
+
+    @property
+    def public_names(self) -> tuple[str, ...]:
+        return tuple(n for names in self.files.values() for n in names)
+
+
+MODULES: tuple[Module, ...] = (
+    Module(
+        key="01_normalization",
+        title="归一化 Normalization",
+        question="为什么需要归一化？为什么是 RMSNorm？Pre-LN 还是 Post-LN？",
+        tier=1,
+        files={"rmsnorm.py": ("RMSNorm",)},
+        experiments=(
+            "exp1_gradient_vanishing.py",
+            "exp2_norm_comparison.py",
+            "exp3_prenorm_vs_postnorm.py",
+        ),
+        quickstart=(("exp1_gradient_vanishing.py",),),
+        hints=(
+            "RMSNorm 只做一件事：把最后一维的“均方根”缩放到 1，再乘上可学习的逐通道权重 weight。"
+            "它不减均值、没有 bias。先读 teaching.md §2。",
+            "均方根 = sqrt(mean(x², dim=-1, keepdim=True) + eps)。注意 eps 在 sqrt 里面，"
+            "mean 沿最后一维（dim=-1），并且 keepdim=True 才能广播回 [..., dim]。",
+            "torch.rsqrt(v) 就是 1/sqrt(v)。低精度输入（float16/bfloat16）要先升到 float32 再算"
+            "（`x.to(torch.promote_types(x.dtype, torch.float32))`，float64 保持 float64），"
+            "算完再 .type_as(x) 转回去——否则 float16 的 x² 会溢出（最大 65504）。",
+            "参考骨架：`h = x.to(torch.promote_types(x.dtype, torch.float32))`，"
+            "`normed = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)`，"
+            "然后 `return self.weight.type_as(x) * normed.type_as(x)`（输出 dtype 必须与输入相同）。如果测试仍然失败，读失败信息里"
+            "『你的输出与……一致』那一句，它指出了你踩中的常见错误。",
+        ),
+        minutes=60,
+    ),
+    Module(
+        key="02_position_encoding",
+        title="位置编码 Position Encoding",
+        question="为什么选择 RoPE？如何实现长度外推？",
+        tier=1,
+        files={"rope.py": ("precompute_freqs_cis", "rotate_half", "apply_rotary_pos_emb",
+                           "sinusoidal_position_encoding")},
+        minutes=90,
+    ),
+    Module(
+        key="03_attention",
+        title="注意力 Attention",
+        question="QKV 的直觉是什么？为什么需要多头？",
+        tier=1,
+        files={"attention.py": ("scaled_dot_product_attention", "repeat_kv", "Attention")},
+        minutes=120,
+    ),
+    Module(
+        key="04_feedforward",
+        title="前馈网络 FeedForward",
+        question="FFN 存储了什么知识？为什么需要扩张？",
+        tier=1,
+        files={"feedforward.py": ("FeedForward",)},
+        minutes=60,
+    ),
+    Module(
+        key="05_residual_connection",
+        title="残差连接 Residual Connection",
+        question="为什么需要残差连接？如何稳定梯度流？",
+        tier=2,
+        files={"residual.py": ("PreNormResidual", "PostNormResidual")},
+        minutes=60,
+    ),
+    Module(
+        key="06_transformer_block",
+        title="Transformer Block",
+        question="如何编排组件顺序？为什么是这个顺序？",
+        tier=2,
+        files={"block.py": ("MiniMindBlock",),
+               "model.py": ("MiniMindModel", "MiniMindForCausalLM")},
+        minutes=90,
+    ),
+    Module(
+        key="07_training",
+        title="训练 Training",
+        question="从零训练一个小模型需要哪些环节？",
+        tier=3,
+        files={},
+        minutes=90,
+    ),
+)
+
+
+def get_module(ref: str) -> Module:
+    """按编号（"01"、"1"）或目录名（"01_normalization"）找模块；找不到给出中文错误。"""
+    ref = str(ref).strip().rstrip("/").split("/")[-1]
+    for m in MODULES:
+        if ref in (m.key, m.number) or (ref.isdigit() and int(ref) == int(m.number)):
+            return m
+    valid = "、".join(m.key for m in MODULES)
+    raise ValueError(f"没有这个模块：{ref!r}。可用的模块：{valid}（也可以只写编号，如 01）")
+
+
+def module_of_name(name: str) -> tuple[Module, str]:
+    """公开名字（如 "RMSNorm"）属于哪个模块的哪个文件。"""
+    for m in MODULES:
+        for fname, names in m.files.items():
+            if name in names:
+                return m, fname
+    raise AttributeError(name)
