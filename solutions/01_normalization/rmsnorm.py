@@ -24,7 +24,8 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # 至少升到 float32 再算：float16 的 x² 超过 65504 就会变成 inf；算完再转回输入的 dtype。
         # minimind 写的是 x.float()；这里用 promote_types，float64 输入就留在 float64（gradcheck 需要）。
-        # minimind 的 self.weight * (...).type_as(x) 里 weight 与 x 同 dtype；这里把 weight 也转成
-        # x 的 dtype，保证 float32 权重 + float16 输入时输出仍是 float16。
+        # MiniMind2 写作 self.weight * self._norm(x.float()).type_as(x)：float32 权重 + bf16 输入会得到
+        # float32 输出（minimind issue #665）；minimind-3 改成 (self.weight * self.norm(x.float())).type_as(x)。
+        # 这里把 weight 也转成 x 的 dtype，保证输出 dtype 总是等于输入 dtype。
         x_hi = x.to(torch.promote_types(x.dtype, torch.float32))
         return self.weight.type_as(x) * self._norm(x_hi).type_as(x)
