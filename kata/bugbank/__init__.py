@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass, field
 
 
@@ -21,15 +22,10 @@ class Bug:
     overrides: dict = field(default_factory=dict)
 
 
-# 模块目录名 -> 定义该模块 bug 的子模块（kata/bugbank/<文件>.py 里的 BUGS 列表）
-_SOURCES = {
-    "01_normalization": "kata.bugbank.normalization",
-}
-
-
 def bugs_for(module_key: str) -> list[Bug]:
-    src = _SOURCES.get(module_key)
-    if src is None:
+    """模块 "01_normalization" 的 bug 定义在 kata/bugbank/normalization.py 的 BUGS 列表里（去掉编号前缀）。"""
+    src = "kata.bugbank." + module_key.split("_", 1)[1]
+    if importlib.util.find_spec(src) is None:
         return []
     return list(importlib.import_module(src).BUGS)
 

@@ -1,4 +1,4 @@
-"""模块 01 的 bug bank：十种真实会写出来的错误 RMSNorm。"""
+"""模块 01 的 bug bank：真实会写出来的错误 RMSNorm。"""
 from __future__ import annotations
 
 import torch
@@ -65,6 +65,12 @@ class KeepsFloat32(_Base):
         return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps))
 
 
+class Float64Downcast(_Base):
+    def forward(self, x):
+        xf = x.float()  # minimind 的原话；float64 输入会被降成 float32
+        return self._finish(xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps), x)
+
+
 class SumInsteadOfMean(_Base):
     def forward(self, x):
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
@@ -92,6 +98,8 @@ BUGS = [
     Bug("no_weight", "忘了乘可学习的逐通道权重 weight", {"RMSNorm": NoWeight}),
     Bug("no_float32", "没有先转 float32：在 float16 里算 x² 会溢出（> 65504 变成 inf）", {"RMSNorm": NoFloat32}),
     Bug("keeps_float32", "最后没有转回输入的 dtype：float16 进、float32 出", {"RMSNorm": KeepsFloat32}),
+    Bug("float64_downcast", "用了 x.float()：float64 输入也被降到 float32 计算（精度只剩 ~1e-7，gradcheck 过不了）；"
+        "本课要求“至少 float32”：x.to(torch.promote_types(x.dtype, torch.float32))", {"RMSNorm": Float64Downcast}),
     Bug("sum_instead_of_mean", "用了 sum 而不是 mean：结果整体小了 sqrt(dim) 倍", {"RMSNorm": SumInsteadOfMean}),
     Bug("multiplies_by_rms", "乘以 RMS 而不是除以 RMS（sqrt 与 rsqrt 搞反了）", {"RMSNorm": MultipliesByRms}),
     Bug("unbiased_std", "用 x.var()/x.std() 代替均方根：既减了均值又用了 N-1 的无偏估计", {"RMSNorm": UnbiasedStd}),

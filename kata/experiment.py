@@ -1,0 +1,740 @@
+"""实验基类（课程 README 的 ``experiment_base.Experiment``）：命令行、随机种子、设备、数据、
+“你的组件还没实现”的一句话提示、结果 JSON（原子写入）、图、表格和**根据数据算出来的**结论。
+
+写一个实验::
+
+    class MyExperiment(Experiment):
+        name = "exp1_gradient_vanishing"
+        module = "01_normalization"
+        title = "为什么需要归一化？"
+        description = "……"
+        requires = ("RMSNorm",)            # 这些组件必须来自 --impl 选中的实现
+
+        def add_arguments(self, parser):   # 可选：实验自己的参数
+            parser.add_argument("--depth", type=int, default=None, help="层数")
+
+        def run(self) -> dict:
+            RMSNorm = self.component("RMSNorm")
+            depth = self.by_mode(smoke=4, quick=16, full=32)
+            ...
+            self.save_figure(fig, "curves")
+            self.print_table(["设置", "loss"], rows)
+            self.conclude("……")              # 文字由本次的数字决定
+            return {"metric": value}
+
+    if __name__ == "__main__":
+        sys.exit(MyExperiment.main())
+
+``main(argv)`` 返回退出码：0 成功；1 数据拿不到或参数/设备不可用；2 需要的组件还没实现
+（只打印一句中文，不打印 traceback）；130 被 Ctrl-C 中断。
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import inspect
+import json
+import math
+import os
+import platform
+import random
+import secrets
+import statistics
+import sys
+import time
+import unicodedata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from kata import impl as kata_impl
+from kata.curriculum import module_of_name
+
+__all__ = [
+    "Experiment", "ComponentNotImplemented", "IMPL_CHOICES", "DEVICE_CHOICES", "COMPONENT_PROBES",
+    "pick_device", "seed_everything", "check_component", "not_implemented_sentence",
+    "atomic_write_json", "atomic_write_bytes", "to_jsonable", "environment_info", "format_table",
+    "summarize", "fmt_mean_std", "compare_means", "describe_gap", "orders_of_magnitude",
+]
+
+IMPL_CHOICES = ("exercises", "solutions")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+MODES = ("smoke", "quick", "full")
+
+
+# ---------------------------------------------------------------------------------------------
+# “还没实现”
+# ---------------------------------------------------------------------------------------------
+
+class ComponentNotImplemented(NotImplementedError):
+    """``--impl`` 选中的实现里，实验需要的某个组件还在抛 NotImplementedError（或在小输入上就出错）。
+
+    ``str(exc)`` 是给学习者看的那一句中文。kata.tinylm 有一个同名异常，main() 对两者一视同仁。
+    """
+
+    def __init__(self, name: str, impl: str, sentence: str):
+        super().__init__(sentence)
+        self.name = name
+        self.impl = impl
+        self.sentence = sentence
+
+
+def _component_file(name: str, impl: str) -> str:
+    try:
+        m, fname = module_of_name(name)
+    except AttributeError:
+        return "对应的练习文件"
+    if impl in IMPL_CHOICES:
+        return f"{impl}/{m.key}/{fname}"
+    if impl.startswith("bug:"):
+        return f"bug bank 条目 {impl[4:]}"
+    return impl
+
+
+def not_implemented_sentence(name: str, impl: str, detail: str = "") -> str:
+    """学习者看到的那一句话（不换行）。"""
+    where = _component_file(name, impl)
+    try:
+        module_key = module_of_name(name)[0].key
+    except AttributeError:
+        module_key = "对应模块"
+    if impl == "exercises":
+        if detail:
+            return (f"你的 {name}（{where}）在一个很小的输入上就出错了（{detail}）："
+                    f"先让 pytest exercises/{module_key} 通过，或者加上 --impl solutions 先用参考实现运行这个实验。")
+        return (f"你的 {name} 还没有实现（{where} 仍在抛出 NotImplementedError）："
+                f"先完成它并让 pytest exercises/{module_key} 通过，或者加上 --impl solutions 先用参考实现运行这个实验。")
+    state = f"在一个很小的输入上出错（{detail}）" if detail else "还没有实现（仍在抛出 NotImplementedError）"
+    return f"--impl {impl} 里的 {name}（{where}）{state}：换一个完整的实现，或者用 --impl solutions 运行这个实验。"
+
+
+def _probe_rmsnorm(cls):
+    cls(8)(torch.randn(2, 3, 8))
+
+
+def _probe_feedforward(cls):
+    cls(16, hidden_dim=32)(torch.randn(2, 3, 16))
+
+
+def _probe_sdpa(fn):
+    q = torch.randn(1, 2, 3, 4)
+    fn(q, q, q, is_causal=True)
+
+
+def _probe_repeat_kv(fn):
+    fn(torch.randn(1, 3, 2, 4), 2)
+
+
+def _probe_freqs(fn):
+    fn(8, end=4)
+
+
+def _probe_rotate_half(fn):
+    fn(torch.randn(2, 3, 8))
+
+
+def _probe_sinusoidal(fn):
+    fn(4, 8)
+
+
+# 名字 → 用一个很小的输入调用一次的函数。没有列出的名字只检查能否导入。
+COMPONENT_PROBES: dict[str, Callable[[Any], None]] = {
+    "RMSNorm": _probe_rmsnorm,
+    "FeedForward": _probe_feedforward,
+    "scaled_dot_product_attention": _probe_sdpa,
+    "repeat_kv": _probe_repeat_kv,
+    "precompute_freqs_cis": _probe_freqs,
+    "rotate_half": _probe_rotate_half,
+    "sinusoidal_position_encoding": _probe_sinusoidal,
+}
+
+
+def check_component(name: str, impl: str):
+    """取出组件并用一个很小的输入试一次；还没实现 → ComponentNotImplemented。返回组件本身。"""
+    obj = kata_impl.component(name, impl)
+    probe = COMPONENT_PROBES.get(name)
+    if probe is not None:
+        try:
+            # 试跑会消耗全局随机数：放进 fork_rng，别让“检查过一次组件”改变实验的随机序列
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                probe(obj)
+        except NotImplementedError as exc:
+            raise ComponentNotImplemented(name, impl, not_implemented_sentence(name, impl)) from exc
+        except Exception as exc:  # 学习者的实现在小输入上就报错：同样给一句话，不要 traceback
+            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip(": ")
+            raise ComponentNotImplemented(name, impl, not_implemented_sentence(name, impl, detail)) from exc
+    return obj
+
+
+def _is_not_implemented(exc: BaseException) -> bool:
+    return isinstance(exc, NotImplementedError) or any(
+        c.__name__ == "ComponentNotImplemented" for c in type(exc).__mro__
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+# ---------------------------------------------------------------------------------------------
+# 设备、种子、环境
+# ---------------------------------------------------------------------------------------------
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def pick_device(requested: str = "auto") -> str:
+    """``auto`` 依次选 cuda → mps → cpu；显式指定但不可用时抛 ValueError（中文说明）。"""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if _mps_available():
+            return "mps"
+        return "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda：这台机器上 PyTorch 找不到可用的 CUDA GPU，改用 --device auto 或 cpu")
+    if requested == "mps" and not _mps_available():
+        raise ValueError("--device mps：这台机器上 PyTorch 的 MPS（Apple GPU）不可用，改用 --device auto 或 cpu")
+    if requested not in DEVICE_CHOICES:
+        raise ValueError(f"未知的设备 {requested!r}；可选：{', '.join(DEVICE_CHOICES)}")
+    return requested
+
+
+def seed_everything(seed: int) -> None:
+    """同时固定 Python、numpy、torch（含 CUDA）的随机种子。"""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def environment_info(device: str) -> dict:
+    import matplotlib
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "matplotlib": matplotlib.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON（原子写入）
+# ---------------------------------------------------------------------------------------------
+
+def to_jsonable(obj):
+    """把张量、numpy、dataclass、Path 等转成 JSON 能存的东西；NaN / inf 写成 null（严格 JSON 没有它们）。"""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.detach().cpu().tolist() if obj.ndim else obj.item())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.device):
+        return str(obj)
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return to_jsonable(obj.to_dict())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in obj]
+    return str(obj)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """先写同一文件夹里的临时文件，再 os.replace：读者要么看到旧文件，要么看到完整的新文件。"""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: Path, obj) -> Path:
+    text = json.dumps(to_jsonable(obj), ensure_ascii=False, indent=2, allow_nan=False)
+    return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 表格
+# ---------------------------------------------------------------------------------------------
+
+def _width(s: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in s)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return f"{v:.4g}"
+    return "—" if v is None else str(v)
+
+
+def format_table(headers: Sequence, rows: Iterable[Sequence]) -> str:
+    """等宽对齐的小表格（汉字按两格宽计算）。"""
+    head = [_cell(h) for h in headers]
+    body = [[_cell(v) for v in row] for row in rows]
+    widths = [max([_width(head[i])] + [_width(r[i]) for r in body if i < len(r)]) for i in range(len(head))]
+
+    def line(cells):
+        return "  ".join(c + " " * (w - _width(c)) for c, w in zip(cells, widths)).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(head), sep] + [line(r) for r in body])
+
+
+# ---------------------------------------------------------------------------------------------
+# 结论用的小工具：结论里的每个形容词都要来自这里算出的数
+# ---------------------------------------------------------------------------------------------
+
+def summarize(values: Sequence[float]) -> dict:
+    """均值、样本标准差（n≥2 时）和个数；非有限值（发散）单独计数，不参与均值。"""
+    vals = [float(v) for v in values if v is not None]
+    finite = [v for v in vals if math.isfinite(v)]
+    mean = statistics.fmean(finite) if finite else float("nan")
+    std = statistics.stdev(finite) if len(finite) >= 2 else None
+    return {"mean": mean, "std": std, "n": len(finite), "n_nonfinite": len(vals) - len(finite),
+            "values": vals}
+
+
+def fmt_mean_std(values: Sequence[float], fmt: str = ".3f") -> str:
+    s = summarize(values)
+    if s["n"] == 0:
+        return "发散（没有有限值）"
+    text = f"{s['mean']:{fmt}}" + (f" ± {s['std']:{fmt}}" if s["std"] is not None else "")
+    if s["n_nonfinite"]:
+        text += f"（另有 {s['n_nonfinite']} 次发散）"
+    return text
+
+
+def compare_means(a: Sequence[float], b: Sequence[float]) -> dict:
+    """比较两组（各若干种子的）数：diff = mean(b) − mean(a)；spread = std(a) + std(b)。
+
+    ``exceeds_spread``：|diff| 是否大于 spread（两条 ±1 std 的带不重叠）；有一组少于 2 个种子时为 None
+    （没法估计随机波动）。
+    """
+    sa, sb = summarize(a), summarize(b)
+    diff = sb["mean"] - sa["mean"]
+    if sa["std"] is None or sb["std"] is None:
+        spread, exceeds = None, None
+    else:
+        spread = sa["std"] + sb["std"]
+        exceeds = bool(abs(diff) > spread)
+    return {"mean_a": sa["mean"], "mean_b": sb["mean"], "std_a": sa["std"], "std_b": sb["std"],
+            "n_a": sa["n"], "n_b": sb["n"], "diff": diff, "spread": spread, "exceeds_spread": exceeds}
+
+
+def describe_gap(a: Sequence[float], b: Sequence[float], name_a: str, name_b: str, *,
+                 what: str = "验证 loss", lower_is_better: bool = True, fmt: str = ".3f",
+                 tie: float = 0.0) -> str:
+    """一句中文：name_b 的 what 比 name_a 高/低多少，这个差距是否超过种子间波动。
+
+    ``tie``：|差| ≤ tie 时直接说“几乎相同”。
+    """
+    c = compare_means(a, b)
+    if not (math.isfinite(c["mean_a"]) and math.isfinite(c["mean_b"])):
+        return f"{name_a} 或 {name_b} 的{what}不是有限值（发散），无法比较两者的差距。"
+    d = c["diff"]
+    if abs(d) <= tie:
+        head = f"{name_b} 与 {name_a} 的{what}几乎相同（{c['mean_b']:{fmt}} vs {c['mean_a']:{fmt}}）"
+    else:
+        word = "低" if d < 0 else "高"
+        better = (d < 0) == lower_is_better
+        head = (f"{name_b} 的{what}比 {name_a} {word} {abs(d):{fmt}}（{c['mean_b']:{fmt}} vs {c['mean_a']:{fmt}}，"
+                f"{'更好' if better else '更差'}）")
+    if c["exceeds_spread"] is None:
+        tail = "；只跑了 1 个种子，无法判断这个差距是否超过随机波动（完整模式会跑多个种子）"
+    elif c["exceeds_spread"]:
+        tail = f"；差距超过了种子间的波动（两者标准差之和 {c['spread']:{fmt}}），不像是偶然"
+    else:
+        tail = f"；差距没有超过种子间的波动（两者标准差之和 {c['spread']:{fmt}}），可以认为两者相当"
+    return head + tail + "。"
+
+
+def orders_of_magnitude(ratio: float) -> float:
+    """|log10(ratio)|：两个正数相差几个数量级（非有限或非正 → inf）。"""
+    if ratio is None or not math.isfinite(ratio) or ratio <= 0:
+        return float("inf")
+    return abs(math.log10(ratio))
+
+
+# ---------------------------------------------------------------------------------------------
+# 命令行参数的类型
+# ---------------------------------------------------------------------------------------------
+
+def _impl_arg(value: str) -> str:
+    if value in IMPL_CHOICES or value.startswith("bug:"):
+        return value
+    p = Path(value).expanduser()
+    if p.exists():
+        return str(p.resolve())
+    raise argparse.ArgumentTypeError(
+        f"--impl 应为 exercises 或 solutions（高级：bug:<名字> 或某个 .py 文件/目录的路径），实际为 {value!r}"
+    )
+
+
+class _ChineseHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    def add_usage(self, usage, actions, groups, prefix=None):
+        return super().add_usage(usage, actions, groups, prefix="用法：" if prefix is None else prefix)
+
+
+def _chinese_parser(**kw) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(formatter_class=_ChineseHelpFormatter, add_help=False, **kw)
+    parser._positionals.title = "位置参数"
+    parser._optionals.title = "选项"
+    parser.add_argument("-h", "--help", action="help", help="显示这段帮助并退出")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Experiment
+# ---------------------------------------------------------------------------------------------
+
+class Experiment:
+    """所有实验的基类。子类设置类属性，实现 ``run()``，可选地实现 ``add_arguments(parser)``。"""
+
+    name: str = ""                       # 例如 "exp1_gradient_vanishing"（也是结果文件名）
+    module: str = ""                     # 例如 "01_normalization"
+    title: str = ""                      # 中文标题
+    description: str = ""                # 中文说明（显示在 --help 里）
+    requires: tuple[str, ...] = ()       # 必须来自 --impl 的组件名，例如 ("RMSNorm",)
+    can_use_synthetic: bool = False      # 拿不到 TinyShakespeare 时，可否退回合成语料
+    script_path: Optional[str] = None    # 结果目录定位用；默认是定义子类的那个文件
+
+    def __init__(self, args: Optional[argparse.Namespace] = None):
+        self.args = args
+        self.metrics: dict = {}
+        self.conclusion: Optional[str] = None
+        self.figures: list[str] = []
+        self.tables: list[dict] = []
+        self.provenance: dict = {}
+        self.dataset: Optional[dict] = None
+        self.exp_config: dict = {}
+        self.seeds_used: list[int] = []
+        self.notes: list[str] = []
+        self.device: str = "cpu"
+        self.json_path: Optional[Path] = None
+        self._t0 = time.perf_counter()
+
+    # ---- 子类的钩子 ------------------------------------------------------------------------
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """子类在这里加自己的命令行参数。"""
+
+    def run(self) -> dict:
+        raise NotImplementedError("Experiment 子类必须实现 run()")
+
+    # ---- 命令行 ----------------------------------------------------------------------------
+
+    @classmethod
+    def default_out_dir(cls) -> Path:
+        script = cls.script_path or inspect.getfile(cls)
+        return Path(script).resolve().parent / "results"
+
+    def build_parser(self) -> argparse.ArgumentParser:
+        prog = Path(self.script_path or inspect.getfile(type(self))).name
+        desc = self.title + ("\n\n" + self.description if self.description else "")
+        parser = _chinese_parser(
+            prog=prog, description=desc,
+            epilog=f"结果（JSON 与 PNG）默认写入 {self._display_path(self.default_out_dir())}/。"
+                   "脚本最后打印一张小表和一段根据本次数据算出来的中文结论。",
+        )
+        g = parser.add_argument_group("通用选项")
+        mode = g.add_mutually_exclusive_group()
+        mode.add_argument("--quick", action="store_true",
+                          help="快速模式：只为看清趋势，普通笔记本 CPU 上 2 分钟以内（不加就是完整模式，10 分钟以内）")
+        mode.add_argument("--smoke", action="store_true",
+                          help="冒烟模式（CI 用）：只跑几步、用很小的尺寸，检查脚本能从头跑到尾并写出 JSON；数字没有意义")
+        g.add_argument("--impl", type=_impl_arg, default="exercises", metavar="{exercises,solutions}",
+                       help="用谁的组件：exercises = 你的实现（默认），solutions = 参考实现"
+                            "（高级：也可以是 bug:<名字> 或某个 .py 文件的路径）")
+        g.add_argument("--seed", type=int, default=0, help="随机种子（默认 0；多种子实验从它开始连续取）")
+        g.add_argument("--n-seeds", type=int, default=None, metavar="N",
+                       help="跑几个种子（默认：完整模式 ≥3，快速模式 1）")
+        g.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                       help="计算设备：auto（默认）依次选 cuda → mps → cpu")
+        g.add_argument("--data-file", default=None, metavar="PATH",
+                       help="直接使用这个 tinyshakespeare.txt（否则按 KATA_DATA_DIR → 缓存 → 下载的顺序找）")
+        g.add_argument("--out-dir", default=None, metavar="DIR",
+                       help="结果目录（默认是脚本旁边的 results/，与当前目录无关）")
+        g.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="PyTorch 在 CPU 上用几个线程（默认由 PyTorch 决定；机器同时在跑别的任务时，设成 1 往往反而更快）")
+        g.add_argument("--no-progress", action="store_true", help="不显示进度条")
+        own = parser.add_argument_group("本实验的选项")
+        self.add_arguments(own)
+        if not own._group_actions:
+            parser._action_groups.remove(own)
+        return parser
+
+    @classmethod
+    def main(cls, argv: Optional[Sequence[str]] = None) -> int:
+        """解析命令行并运行；返回退出码（脚本里写 ``sys.exit(MyExperiment.main())``）。"""
+        exp = cls()
+        parser = exp.build_parser()
+        exp.args = parser.parse_args(argv)
+        if exp.args.n_seeds is not None and exp.args.n_seeds < 1:
+            parser.error("--n-seeds 至少为 1")
+        try:
+            exp.execute()
+        except KeyboardInterrupt:
+            print("\n已中断。", file=sys.stderr)
+            return 130
+        except kata_impl.ImplLoadError as exc:
+            print(_one_line(exc), file=sys.stderr)
+            return 2
+        except Exception as exc:
+            from kata.data import DataError
+
+            if _is_not_implemented(exc):
+                print(exp._not_implemented_message(exc), file=sys.stderr)
+                return 2
+            if isinstance(exc, DataError):
+                print(str(exc), file=sys.stderr)
+                return 1
+            if isinstance(exc, _UsageError):
+                print(str(exc), file=sys.stderr)
+                return 1
+            raise
+        return 0
+
+    def _not_implemented_message(self, exc: BaseException) -> str:
+        sentence = getattr(exc, "sentence", None) or str(exc)
+        if type(exc) is NotImplementedError or not sentence:
+            # 运行途中冒出来的裸 NotImplementedError：多半是某个学习者组件还没写完
+            name = self.requires[0] if self.requires else "组件"
+            return _one_line(not_implemented_sentence(name, self.impl)) + (f"（{_one_line(exc)}）" if str(exc) else "")
+        return _one_line(sentence)
+
+    # ---- 运行 ------------------------------------------------------------------------------
+
+    def execute(self) -> dict:
+        """检查组件 → 固定种子 → run() → 写 JSON。返回写入 JSON 的记录。"""
+        if self.args is None:
+            self.args = self.build_parser().parse_args([])
+        try:
+            self.device = pick_device(self.args.device)
+        except ValueError as exc:
+            raise _UsageError(str(exc)) from None
+        if getattr(self.args, "threads", None):
+            if self.args.threads < 1:
+                raise _UsageError("--threads 至少为 1")
+            torch.set_num_threads(self.args.threads)
+        started = _dt.datetime.now().astimezone()
+        self._t0 = time.perf_counter()
+        print(f"== {self.title or self.name} ==")
+        print(f"模式：{self.mode_label}｜实现：{kata_impl.describe(self.impl)}｜设备：{self.device}｜种子：{self.seed}")
+        for name in self.requires:
+            obj = check_component(name, self.impl)
+            self.record_provenance({name: self._provenance_of(name, obj)})
+        seed_everything(self.seed)
+        returned = self.run()
+        if returned:
+            self.save_metrics(returned)
+        wall = time.perf_counter() - self._t0
+        record = {
+            "experiment": self.name,
+            "module": self.module,
+            "title": self.title,
+            "mode": self.mode,
+            "status": "ok",
+            "config": {**{k: v for k, v in vars(self.args).items()}, "experiment": self.exp_config},
+            "seed": self.seed,
+            "seeds": self.seeds_used or [self.seed],
+            "impl": self.impl,
+            "impl_description": kata_impl.describe(self.impl),
+            "provenance": self.provenance,
+            "dataset": self.dataset,
+            "metrics": self.metrics,
+            "tables": self.tables,
+            "conclusion": self.conclusion,
+            "notes": self.notes,
+            "figures": self.figures,
+            "wall_time_s": round(wall, 3),
+            "started_at": started.isoformat(timespec="seconds"),
+            "versions": environment_info(self.device),
+            "command": [Path(sys.argv[0]).name] + list(sys.argv[1:]) if sys.argv else None,
+        }
+        self.json_path = atomic_write_json(self.out_dir / f"{self.name}.json", record)
+        print(f"\n结果已写入 {self._display_path(self.json_path)}（用时 {wall:.1f} 秒）")
+        for fig in self.figures:
+            print(f"图：{fig}")
+        return record
+
+    # ---- 运行时的属性 ----------------------------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        if self.args is not None and getattr(self.args, "smoke", False):
+            return "smoke"
+        if self.args is not None and getattr(self.args, "quick", False):
+            return "quick"
+        return "full"
+
+    @property
+    def mode_label(self) -> str:
+        return {"smoke": "冒烟（CI 用，数字没有意义）", "quick": "快速", "full": "完整"}[self.mode]
+
+    @property
+    def quick(self) -> bool:
+        return self.mode == "quick"
+
+    @property
+    def smoke(self) -> bool:
+        return self.mode == "smoke"
+
+    @property
+    def impl(self) -> str:
+        return getattr(self.args, "impl", None) or "exercises"
+
+    @property
+    def seed(self) -> int:
+        return int(getattr(self.args, "seed", 0) or 0)
+
+    @property
+    def progress(self) -> bool:
+        return not getattr(self.args, "no_progress", False) and not self.smoke
+
+    @property
+    def out_dir(self) -> Path:
+        d = getattr(self.args, "out_dir", None)
+        return Path(d).expanduser().resolve() if d else self.default_out_dir()
+
+    def by_mode(self, *, smoke, quick, full):
+        """按模式取值：``depth = self.by_mode(smoke=4, quick=16, full=32)``。"""
+        return {"smoke": smoke, "quick": quick, "full": full}[self.mode]
+
+    def seeds(self, *, full: int = 3, quick: int = 1, smoke: int = 1) -> list[int]:
+        """本次要跑的种子列表（--seed 起连续取；--n-seeds 可覆盖个数），并记进 JSON。"""
+        n = self.args.n_seeds if getattr(self.args, "n_seeds", None) else self.by_mode(smoke=smoke, quick=quick, full=full)
+        self.seeds_used = [self.seed + i for i in range(n)]
+        return list(self.seeds_used)
+
+    # ---- 辅助：组件、数据、记录 ------------------------------------------------------------
+
+    def _provenance_of(self, name: str, obj) -> dict:
+        try:
+            ns = kata_impl.resolve(module_of_name(name)[0], self.impl)
+            files = list(ns._files)
+        except Exception:
+            files = []
+        return {"impl": self.impl, "description": kata_impl.describe(self.impl), "files": [
+            self._display_path(Path(f)) if not str(f).startswith("bug:") else f for f in files]}
+
+    def component(self, name: str):
+        """按 --impl 取一个组件（并记录来源）；还没实现时抛 ComponentNotImplemented。"""
+        obj = check_component(name, self.impl)
+        self.record_provenance({name: self._provenance_of(name, obj)})
+        return obj
+
+    def record_provenance(self, prov: dict) -> None:
+        self.provenance.update(to_jsonable(prov))
+
+    def config(self, **kw) -> None:
+        """记录本实验实际用到的超参数（写进 JSON 的 config.experiment）。"""
+        self.exp_config.update(to_jsonable(kw))
+
+    def load_corpus(self, name: str = "shakespeare"):
+        """按 --data-file / KATA_DATA_DIR / 缓存 / 下载的顺序取语料；允许时退回合成语料并记录下来。"""
+        from kata.data import load_corpus
+
+        corpus = load_corpus(name, data_file=self.args.data_file, allow_synthetic=self.can_use_synthetic)
+        self.dataset = corpus.info()
+        if corpus.fell_back_to_synthetic:
+            note = ("注意：本次没有找到 TinyShakespeare，用的是合成语料，数字与真实语料上的结果不能直接比较"
+                    "（JSON 里 dataset.fell_back_to_synthetic = true）。")
+            print(note)
+            self.notes.append(note)
+        else:
+            print(f"数据：{corpus.name}（来源 {corpus.source}，{len(corpus.text):,} 个字符，sha256 {corpus.sha256[:12]}…）")
+        return corpus
+
+    def save_metrics(self, metrics: dict) -> None:
+        self.metrics.update(to_jsonable(metrics))
+
+    def save_figure(self, fig, name: str) -> Path:
+        """把图存成 results/<实验名>_<name>.png（原子写入），然后关闭它。"""
+        import io
+
+        import matplotlib.pyplot as plt
+
+        stem = name if name.startswith(self.name) else f"{self.name}_{name}"
+        path = self.out_dir / f"{stem}.png"
+        buf = io.BytesIO()
+        try:
+            fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        finally:
+            plt.close(fig)
+        atomic_write_bytes(path, buf.getvalue())
+        shown = self._display_path(path)
+        if shown not in self.figures:
+            self.figures.append(shown)
+        return path
+
+    def print_table(self, headers: Sequence, rows: Sequence[Sequence], title: Optional[str] = None) -> None:
+        rows = [list(r) for r in rows]
+        print()
+        if title:
+            print(title)
+        print(format_table(headers, rows))
+        self.tables.append({"title": title, "headers": [_cell(h) for h in headers],
+                            "rows": [[_cell(v) for v in r] for r in rows]})
+
+    def note(self, text: str) -> None:
+        """一条附注：打印并记进 JSON，也会附在结论后面。"""
+        print(text)
+        self.notes.append(text)
+
+    def conclude(self, text: str) -> None:
+        """打印结论（应由本次的数字决定措辞）并记进 JSON。"""
+        extra = [n for n in self.notes if n not in text]
+        full = text.strip() + ("\n" + "\n".join(extra) if extra else "")
+        if self.smoke:
+            full = "（冒烟模式：步数极少、尺寸极小，下面的数字和结论都没有意义，只检查流程。）\n" + full
+        self.conclusion = full
+        print("\n结论：")
+        print(full)
+
+    @staticmethod
+    def _display_path(path: Path) -> str:
+        path = Path(path)
+        try:
+            return str(path.resolve().relative_to(kata_impl.REPO_ROOT))
+        except ValueError:
+            return str(path)
+
+
+class _UsageError(RuntimeError):
+    """参数或设备不可用：打印一句话，退出码 1。"""

@@ -1,0 +1,115 @@
+"""课程自检（rustlings 的 `dev check`）：对每个已上线的模块证明——
+
+1. 原始的桩在被调用时抛出 NotImplementedError，模块的测试在桩上**全部失败**（不是 error），
+   且每条失败信息都是那一行“还没实现：…”；
+2. 同一批测试在参考实现上全部通过；
+3. exercises/ 与 solutions/ 暴露同样的公开名字和签名；
+4. bug bank 里的每个错误实现都会让模块的测试失败；
+5. 模块的文档齐全、实验脚本都在。
+"""
+from __future__ import annotations
+
+import inspect
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from kata.bugbank import bugs_for
+from kata.curriculum import MODULES
+from kata.impl import REPO_ROOT, load_side_file, resolve
+from kata.runner import run_tests
+from tests.conftest import pristine_stub_dir
+
+
+def test_curriculum_is_consistent():
+    keys = [m.key for m in MODULES]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    for m in MODULES:
+        for fname in m.files:
+            assert (REPO_ROOT / "exercises" / m.key / fname).exists() == (REPO_ROOT / "exercises" / m.key).is_dir(), \
+                f"{m.key}: exercises 目录存在时每个练习文件都必须存在（{fname}）"
+
+
+def test_stub_tests_all_fail_cleanly(live_module, tmp_path):
+    stub = pristine_stub_dir(live_module, tmp_path / "stub")
+    s = run_tests(live_module, str(stub))
+    assert s.total > 0, s.output[-2000:]
+    assert s.errors == 0, f"桩上有测试 error（应该是 fail）：{[o.name for o in s.outcomes if o.status == 'error']}"
+    assert s.passed == 0, f"桩上竟然有测试通过（测试没测到学习者要写的东西）：{[o.name for o in s.outcomes if o.status == 'passed']}"
+    not_clean = [(o.name, o.message) for o in s.outcomes if not o.message.startswith("还没实现：")]
+    assert not not_clean, f"桩上的失败信息应该只有一行“还没实现：…”：{not_clean[:3]}"
+
+
+def test_stub_messages_name_file_and_section(live_module, tmp_path):
+    stub = pristine_stub_dir(live_module, tmp_path / "stub")
+    s = run_tests(live_module, str(stub), exitfirst=True)
+    msg = s.outcomes[0].message
+    assert f"exercises/{live_module.key}/" in msg and "teaching.md §" in msg, msg
+
+
+def test_solutions_pass_all_tests(live_module):
+    s = run_tests(live_module, "solutions")
+    bad = [(o.name, o.message) for o in s.outcomes if o.status != "passed"]
+    assert s.total > 0 and not bad, bad[:5]
+
+
+def _signatures(obj):
+    if inspect.isclass(obj):
+        methods = {n: str(inspect.signature(f)) for n, f in vars(obj).items()
+                   if inspect.isfunction(f) and (not n.startswith("_") or n == "__init__") and n != "_norm"}
+        return methods
+    return str(inspect.signature(obj))
+
+
+def test_exercises_and_solutions_share_api(live_module, tmp_path):
+    stub_dir = pristine_stub_dir(live_module, tmp_path / "stub")
+    stub = resolve(live_module, str(stub_dir))
+    sol = resolve(live_module, "solutions")
+    for name in live_module.public_names:
+        s_sig, r_sig = _signatures(getattr(stub, name)), _signatures(getattr(sol, name))
+        if isinstance(s_sig, dict):
+            # 学习者要写的公开方法（__init__、forward…）在两边签名一致；参考实现可以多一些私有辅助方法
+            missing = {k: v for k, v in s_sig.items() if r_sig.get(k) != v}
+            assert not missing, f"{name}：桩与参考实现的方法签名不一致 {missing} vs {r_sig}"
+        else:
+            assert s_sig == r_sig, f"{name}：桩 {s_sig} vs 参考实现 {r_sig}"
+
+
+def test_bug_bank_is_big_enough(live_module):
+    bugs = bugs_for(live_module.key)
+    assert len(bugs) >= 6, f"{live_module.key} 的 bug bank 只有 {len(bugs)} 个错误实现（至少 6 个）"
+    assert len({b.name for b in bugs}) == len(bugs)
+    for b in bugs:
+        assert b.description and set(b.overrides) <= set(live_module.public_names), b.name
+
+
+def test_every_bug_fails_the_module_tests(live_module):
+    bugs = bugs_for(live_module.key)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda b: (b, run_tests(live_module, f"bug:{b.name}", exitfirst=True)), bugs))
+    survivors = [b.name for b, s in results if s.failed == 0]
+    assert not survivors, f"这些错误实现通过了全部测试（测试抓不住它们）：{survivors}"
+    errored = [b.name for b, s in results if s.errors and not s.failed]
+    assert not errored, f"这些错误实现让测试 error 而不是 fail：{errored}"
+
+
+def test_module_docs_and_experiments_exist(live_module):
+    d = REPO_ROOT / "exercises" / live_module.key
+    for doc in ("README.md", "teaching.md", "code_guide.md", "quiz.md"):
+        assert (d / doc).is_file(), f"缺少 {d / doc}"
+    quiz = (d / "quiz.md").read_text(encoding="utf-8")
+    assert quiz.count("<details>") >= 5, "quiz.md 至少 5 道题、答案折叠在 <details> 里"
+    for exp in live_module.experiments:
+        assert (REPO_ROOT / "experiments" / live_module.key / exp).is_file(), f"缺少实验 {exp}"
+    for script, *_ in live_module.quickstart:
+        assert script in live_module.experiments
+
+
+def test_stubs_raise_not_implemented_directly(tmp_path):
+    # 模块 01 的桩：直接调用也抛 NotImplementedError，并且信息指向文件和章节
+    m = MODULES[0]
+    ns = resolve(m, str(pristine_stub_dir(m, tmp_path / "stub")))
+    import torch
+
+    with pytest.raises(NotImplementedError, match="rmsnorm.py · RMSNorm.forward"):
+        ns.RMSNorm(4)(torch.ones(2, 4))
