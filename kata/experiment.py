@@ -365,15 +365,16 @@ def describe_gap(a: Sequence[float], b: Sequence[float], name_a: str, name_b: st
     ``tie``：|差| ≤ tie 时直接说“几乎相同”。
     """
     c = compare_means(a, b)
+    w = what + (" " if what and what[-1].isascii() else "")  # “验证 loss 比”：ASCII 结尾时补一个空格
     if not (math.isfinite(c["mean_a"]) and math.isfinite(c["mean_b"])):
         return f"{name_a} 或 {name_b} 的{what}不是有限值（发散），无法比较两者的差距。"
     d = c["diff"]
     if abs(d) <= tie:
-        head = f"{name_b} 与 {name_a} 的{what}几乎相同（{c['mean_b']:{fmt}} vs {c['mean_a']:{fmt}}）"
+        head = f"{name_b} 与 {name_a} 的{w}几乎相同（{c['mean_b']:{fmt}} vs {c['mean_a']:{fmt}}）"
     else:
         word = "低" if d < 0 else "高"
         better = (d < 0) == lower_is_better
-        head = (f"{name_b} 的{what}比 {name_a} {word} {abs(d):{fmt}}（{c['mean_b']:{fmt}} vs {c['mean_a']:{fmt}}，"
+        head = (f"{name_b} 的{w}比 {name_a} {word} {abs(d):{fmt}}（{c['mean_b']:{fmt}} vs {c['mean_a']:{fmt}}，"
                 f"{'更好' if better else '更差'}）")
     if c["exceeds_spread"] is None:
         tail = "；只跑了 1 个种子，无法判断这个差距是否超过随机波动（完整模式会跑多个种子）"

@@ -767,7 +767,7 @@ def train_lm(model: nn.Module, corpus, *, steps: int, batch_size: int = 16, seq_
                 group["lr"] = current_lr
             x, y = corpus.get_batch("train", batch_size, seq_len, generator=generator, device=device)
             _, loss = model(x, y)
-            loss_value = float(loss)
+            loss_value = loss.item()
             if not math.isfinite(loss_value):
                 diverged_at = step
                 break

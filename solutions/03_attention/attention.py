@@ -48,7 +48,8 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         scores = scores.masked_fill(~allowed, float("-inf"))
 
     dead_rows = None
-    if allowed is not None or attn_mask is not None:
+    if attn_mask is not None or (is_causal and q_len > k_len):
+        # 可能有整行都被屏蔽的 query（只有因果掩码且 Sq ≤ Sk 时每行至少能看见一个 key，省掉这一步）。
         # 整行 -inf 时 softmax 是 0/0 = NaN，而且 NaN 会顺着反向传播污染梯度：
         # 先把这些行的分数换成 0（任意有限值都行）再 softmax，之后把概率清零
         dead_rows = torch.isneginf(scores).all(dim=-1, keepdim=True)

@@ -1,0 +1,422 @@
+"""kata.experiment 与 kata.plots 的自检：命令行、原子写入的结果 JSON、“还没实现”的一句话、
+设备选择、画图函数，以及结论确实由数字决定（数字反过来，措辞也反过来）。"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+from kata import data as kata_data
+from kata import experiment as kx
+from kata import plots
+from kata.experiment import Experiment
+from kata.impl import REPO_ROOT
+
+EXP_DIR = REPO_ROOT / "experiments" / "01_normalization"
+EXP1 = EXP_DIR / "exp1_gradient_vanishing.py"
+REQUIRED_KEYS = {
+    "experiment", "module", "mode", "status", "config", "seed", "seeds", "impl", "provenance", "dataset",
+    "metrics", "conclusion", "figures", "wall_time_s", "versions",
+}
+STUB = '''
+import torch
+from torch import nn
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        raise NotImplementedError("还没实现：RMSNorm.forward")
+'''
+
+
+def load_script(path: Path):
+    """按路径导入一个实验脚本（文件名以数字开头的目录不能直接 import）。"""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_exp_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def exp1():
+    return load_script(EXP1)
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("KATA_IMPL", None)
+    env["PYTHONPATH"] = ""
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# 一个很小的实验：结论由参数 --better 决定方向
+# ---------------------------------------------------------------------------------------------
+
+class TinyExperiment(Experiment):
+    name = "exp_tiny"
+    module = "01_normalization"
+    title = "小实验"
+    description = "只用于测试实验框架。"
+
+    def add_arguments(self, parser):
+        parser.add_argument("--better", choices=("a", "b"), default="b", help="哪一组更好")
+
+    def run(self):
+        seeds = self.seeds(full=3, quick=1, smoke=1)
+        a = [1.00 + 0.01 * i for i in range(len(seeds))]
+        b = [x + (-0.5 if self.args.better == "b" else 0.5) for x in a]
+        self.config(groups=2)
+        self.print_table(["组", "loss"], [["A", kx.fmt_mean_std(a)], ["B", kx.fmt_mean_std(b)]])
+        self.conclude(kx.describe_gap(a, b, "A", "B"))
+        return {"a": a, "b": b, "nan_value": float("nan")}
+
+
+class NeedsStubbedComponent(Experiment):
+    name = "exp_needs_component"
+    module = "01_normalization"
+    title = "需要组件的小实验"
+    requires = ("RMSNorm",)
+
+    def run(self):
+        raise AssertionError("组件是桩的时候不应该跑到 run()")
+
+
+class RaisesTinyLMError(Experiment):
+    name = "exp_tinylm_error"
+    module = "01_normalization"
+    title = "模拟 tinylm 抛出 ComponentNotImplemented"
+
+    def run(self):
+        class ComponentNotImplemented(RuntimeError):  # 与 kata.tinylm 的同名异常同形
+            pass
+
+        raise ComponentNotImplemented("exercises/01_normalization/rmsnorm.py 里的 RMSNorm 还没实现：先让测试通过。\n第二行")
+
+
+class NeedsData(Experiment):
+    name = "exp_needs_data"
+    module = "01_normalization"
+    title = "需要数据的小实验"
+
+    def run(self):
+        corpus = self.load_corpus()
+        self.conclude("数据来源：" + corpus.source)
+        return {"n": len(corpus.text)}
+
+
+class NeedsDataWithFallback(NeedsData):
+    name = "exp_needs_data_fallback"
+    can_use_synthetic = True
+
+
+# ---------------------------------------------------------------------------------------------
+# 命令行与帮助
+# ---------------------------------------------------------------------------------------------
+
+def test_help_is_chinese_and_lists_common_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        TinyExperiment.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for needle in ("用法", "快速模式", "--quick", "--smoke", "CI 用", "--impl", "{exercises,solutions}",
+                   "--seed", "--device", "--data-file", "--out-dir", "本实验的选项", "--better", "显示这段帮助"):
+        assert needle in out, f"--help 里应有 {needle!r}：\n{out}"
+
+
+def test_script_help_runs_from_its_own_folder():
+    proc = subprocess.run([sys.executable, EXP1.name, "--help"], cwd=EXP1.parent, env=_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "用法" in proc.stdout and "RMSNorm" in proc.stdout
+
+
+def test_impl_accepts_documented_choices_bug_and_paths(tmp_path):
+    assert kx._impl_arg("exercises") == "exercises"
+    assert kx._impl_arg("solutions") == "solutions"
+    assert kx._impl_arg("bug:no_eps") == "bug:no_eps"
+    f = tmp_path / "rmsnorm.py"
+    f.write_text(STUB)
+    assert kx._impl_arg(str(f)) == str(f.resolve())
+    with pytest.raises(Exception):
+        kx._impl_arg("nonsense-impl")
+
+
+# ---------------------------------------------------------------------------------------------
+# 结果 JSON
+# ---------------------------------------------------------------------------------------------
+
+def test_json_has_required_keys_and_is_strict(tmp_path, capsys):
+    assert TinyExperiment.main(["--quick", "--seed", "7", "--out-dir", str(tmp_path)]) == 0
+    path = tmp_path / "exp_tiny.json"
+    text = path.read_text(encoding="utf-8")
+    rec = json.loads(text, parse_constant=lambda c: pytest.fail(f"JSON 里不应有 {c}"))
+    assert REQUIRED_KEYS <= set(rec), REQUIRED_KEYS - set(rec)
+    assert rec["mode"] == "quick" and rec["seed"] == 7 and rec["seeds"] == [7]
+    assert rec["impl"] == "exercises"
+    assert rec["config"]["quick"] is True and rec["config"]["experiment"] == {"groups": 2}
+    assert rec["metrics"]["nan_value"] is None          # NaN 写成 null
+    assert set(rec["versions"]) >= {"python", "torch", "numpy", "platform", "device"}
+    assert rec["conclusion"] and "B 的验证 loss 比 A 低" in rec["conclusion"]
+    assert rec["tables"][0]["headers"] == ["组", "loss"]
+    assert [p.name for p in tmp_path.iterdir()] == ["exp_tiny.json"]   # 没有留下临时文件
+    out = capsys.readouterr().out
+    assert "结论" in out and "exp_tiny.json" in out
+
+
+def test_full_mode_runs_several_seeds(tmp_path):
+    assert TinyExperiment.main(["--seed", "3", "--out-dir", str(tmp_path)]) == 0
+    rec = json.loads((tmp_path / "exp_tiny.json").read_text(encoding="utf-8"))
+    assert rec["mode"] == "full" and rec["seeds"] == [3, 4, 5]
+    assert "超过了种子间的波动" in rec["conclusion"]
+
+
+def test_json_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    kx.atomic_write_json(path, {"v": 1})
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(kx.os, "replace", boom)
+    with pytest.raises(OSError):
+        kx.atomic_write_json(path, {"v": 2})
+    assert json.loads(path.read_text()) == {"v": 1}       # 旧文件完好
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # 临时文件已删除
+
+
+def test_to_jsonable_handles_tensors_numpy_and_nonfinite():
+    obj = {"t": torch.tensor([1.0, float("inf")]), "n": np.float32(2.5), "a": np.arange(3), "p": Path("x"),
+           "s": torch.tensor(3.0), "tup": (1, float("nan"))}
+    assert kx.to_jsonable(obj) == {"t": [1.0, None], "n": 2.5, "a": [0, 1, 2], "p": "x", "s": 3.0,
+                                   "tup": [1, None]}
+
+
+# ---------------------------------------------------------------------------------------------
+# “还没实现” → 一句中文、退出码 2、没有 traceback
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def stub_file(tmp_path):
+    f = tmp_path / "stub_rmsnorm.py"
+    f.write_text(STUB)
+    return f
+
+
+def test_stub_component_exits_2_with_one_sentence(stub_file, tmp_path, capsys):
+    code = NeedsStubbedComponent.main(["--impl", str(stub_file), "--smoke", "--out-dir", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "还没有实现" in err and "--impl solutions" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_stub_sentence_for_exercises_names_the_file():
+    s = kx.not_implemented_sentence("RMSNorm", "exercises")
+    assert "exercises/01_normalization/rmsnorm.py" in s and "--impl solutions" in s and "\n" not in s
+
+
+def test_tinylm_style_error_is_one_line_exit_2(tmp_path, capsys):
+    assert RaisesTinyLMError.main(["--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "还没实现" in err and "Traceback" not in err
+
+
+def test_exp1_script_with_stub_impl_exits_2_without_traceback(stub_file, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(EXP1), "--impl", str(stub_file), "--smoke", "--out-dir", str(tmp_path / "out")],
+        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "RMSNorm" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_broken_component_also_gives_one_sentence(tmp_path):
+    f = tmp_path / "broken.py"
+    f.write_text(STUB.replace('raise NotImplementedError("还没实现：RMSNorm.forward")', "return x.view(-1, 5)"))
+    with pytest.raises(kx.ComponentNotImplemented) as exc:
+        kx.check_component("RMSNorm", str(f))
+    assert "出错" in str(exc.value) and "\n" not in str(exc.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# 数据
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("KATA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("KATA_DATA_DIR", raising=False)
+    monkeypatch.setattr(kata_data, "SHAKESPEARE_URL", f"http://127.0.0.1:{port}/input.txt")
+
+
+def test_data_unavailable_exits_1_with_message(offline, tmp_path, capsys):
+    assert NeedsData.main(["--out-dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "KATA_DATA_DIR" in err and "Traceback" not in err
+
+
+def test_synthetic_fallback_is_recorded(offline, tmp_path):
+    assert NeedsDataWithFallback.main(["--out-dir", str(tmp_path)]) == 0
+    rec = json.loads((tmp_path / "exp_needs_data_fallback.json").read_text(encoding="utf-8"))
+    assert rec["dataset"]["fell_back_to_synthetic"] is True and rec["dataset"]["name"] == "synthetic"
+    assert "合成语料" in rec["conclusion"]
+
+
+def test_data_file_is_honoured(tmp_path, monkeypatch):
+    real = os.environ.get("KATA_DATA_DIR")
+    f = Path(real) / kata_data.SHAKESPEARE_FILE if real else None
+    if f is None or not f.is_file():
+        pytest.skip("需要 KATA_DATA_DIR 指向放着 tinyshakespeare.txt 的目录")
+    monkeypatch.delenv("KATA_DATA_DIR")
+    assert NeedsData.main(["--data-file", str(f), "--out-dir", str(tmp_path)]) == 0
+    rec = json.loads((tmp_path / "exp_needs_data.json").read_text(encoding="utf-8"))
+    assert rec["dataset"]["source"] == "data_file" and rec["dataset"]["sha256"] == kata_data.SHAKESPEARE_SHA256
+
+
+# ---------------------------------------------------------------------------------------------
+# 设备
+# ---------------------------------------------------------------------------------------------
+
+def test_device_auto_picks_cpu_here():
+    if torch.cuda.is_available() or kx._mps_available():
+        pytest.skip("这台机器有加速器")
+    assert kx.pick_device("auto") == "cpu"
+    assert kx.pick_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="CUDA"):
+        kx.pick_device("cuda")
+
+
+def test_unavailable_device_exits_1(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("这台机器有 CUDA")
+    assert TinyExperiment.main(["--device", "cuda", "--out-dir", str(tmp_path)]) == 1
+    assert "CUDA" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# 结论由数字算出
+# ---------------------------------------------------------------------------------------------
+
+def test_flipped_metrics_flip_the_conclusion(tmp_path):
+    TinyExperiment.main(["--quick", "--better", "b", "--out-dir", str(tmp_path / "b")])
+    TinyExperiment.main(["--quick", "--better", "a", "--out-dir", str(tmp_path / "a")])
+    cb = json.loads((tmp_path / "b" / "exp_tiny.json").read_text(encoding="utf-8"))["conclusion"]
+    ca = json.loads((tmp_path / "a" / "exp_tiny.json").read_text(encoding="utf-8"))["conclusion"]
+    assert "低" in cb and "更好" in cb
+    assert "高" in ca and "更差" in ca
+    assert "只跑了 1 个种子" in ca
+
+
+def test_describe_gap_compares_with_seed_spread():
+    a = [1.00, 1.02, 0.98]
+    assert "没有超过种子间的波动" in kx.describe_gap(a, [1.01, 1.03, 0.99], "A", "B")
+    assert "超过了种子间的波动" in kx.describe_gap(a, [1.50, 1.52, 1.48], "A", "B")
+    assert "几乎相同" in kx.describe_gap(a, a, "A", "B", tie=1e-9)
+    assert "发散" in kx.describe_gap(a, [float("nan")], "A", "B")
+    s = kx.summarize([1.0, float("inf"), 3.0])
+    assert s["mean"] == 2.0 and s["n"] == 2 and s["n_nonfinite"] == 1
+    assert kx.orders_of_magnitude(1e-3) == pytest.approx(3) and math.isinf(kx.orders_of_magnitude(0))
+
+
+def test_exp1_conclusion_follows_the_numbers(exp1):
+    good_no = {"log10_ratio_mean": -11.0}
+    good_rms = {"log10_ratio_mean": -0.2}
+    text, ok = exp1.scenario_sentence("vanish", good_no, good_rms, "你的 RMSNorm")
+    assert ok and "梯度消失" in text and "同一个量级" in text
+    text, ok = exp1.scenario_sentence("explode", {"log10_ratio_mean": 5.0}, good_rms, "你的 RMSNorm")
+    assert ok and "梯度爆炸" in text
+    text, ok = exp1.scenario_sentence("vanish", good_no, {"log10_ratio_mean": -10.5}, "你的 RMSNorm")
+    assert not ok and "与预期不符" in text
+    text, ok = exp1.scenario_sentence("vanish", {"log10_ratio_mean": -0.3}, good_rms, "你的 RMSNorm")
+    assert not ok and "没有出现明显的梯度消失" in text
+
+
+def test_exp1_smoke_writes_json_and_pngs(tmp_path, capsys):
+    mod = load_script(EXP1)
+    assert mod.GradientVanishing.main(["--impl", "solutions", "--smoke", "--out-dir", str(tmp_path)]) == 0
+    rec = json.loads((tmp_path / "exp1_gradient_vanishing.json").read_text(encoding="utf-8"))
+    assert REQUIRED_KEYS <= set(rec)
+    assert rec["provenance"]["RMSNorm"]["impl"] == "solutions"
+    assert len(rec["figures"]) == 2 and all((tmp_path / Path(f).name).is_file() for f in rec["figures"])
+    assert "冒烟模式" in rec["conclusion"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 画图
+# ---------------------------------------------------------------------------------------------
+
+def _png_ok(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_functions_return_figures_and_save_pngs(tmp_path):
+    from matplotlib.figure import Figure
+
+    exp = TinyExperiment()
+    exp.args = exp.build_parser().parse_args(["--out-dir", str(tmp_path)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 画图不应产生任何警告（包括缺字形、对数轴上的非正值）
+        figs = {
+            "attn": plots.plot_attention_heatmap(torch.softmax(torch.randn(6, 6), -1), tokens=list("abcdef")),
+            "attn_heads": plots.plot_attention_heatmap(torch.softmax(torch.randn(3, 5, 5), -1)),
+            "acts": plots.plot_activation_distribution({"a": torch.randn(1000), "b": np.r_[np.random.randn(500), np.nan]}),
+            "grads": plots.plot_gradient_flow({"no norm": [1e-9, 0.0, float("nan"), 1.0], "rms": [1, 1, 1, 1]}),
+            "loss": plots.plot_loss_curves(
+                {"a": ([0, 10, 20], [4.0, 3.0, 2.5]),
+                 "b": ([0, 10, 20], [4.0, 3.5, 3.2], [0.1, 0.1, 0.2]),
+                 "c": {"steps": [0, 10, 20], "mean": [4.0, float("nan"), float("nan")]}},
+                diverged={"c": 10}),
+            "zh": plots.plot_gradient_flow({("中文", "english"): [1, 2]}, title="中文标题 title"),
+        }
+        for name, fig in figs.items():
+            assert isinstance(fig, Figure), name
+            path = exp.save_figure(fig, name)
+            assert path.name == f"exp_tiny_{name}.png" and _png_ok(path)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_plot_on_given_axes_returns_its_figure():
+    fig, axes = plots.new_figure(1, 2)
+    out = plots.plot_loss_curves({"a": ([0, 1], [2.0, 1.0])}, ax=axes[0, 1])
+    assert out is fig
+    matplotlib.pyplot.close(fig)
+
+
+def test_labels_never_draw_missing_cjk_glyphs(monkeypatch):
+    monkeypatch.setattr(plots, "has_cjk_font", lambda: False)
+    assert plots.label(("中文", "English")) == "English"
+    assert plots.label("梯度 gradient") == "gradient"
+    assert plots.label("plain") == "plain"
+    monkeypatch.setattr(plots, "has_cjk_font", lambda: True)
+    assert plots.label(("中文", "English")) == "中文"
+
+
+def test_format_table_aligns_cjk():
+    text = kx.format_table(["设置", "x"], [["无归一化", 1.23456], ["RMSNorm", float("nan")]])
+    head, sep, row1, row2 = text.splitlines()
+    assert "1.235" in row1 and row2.endswith("nan")
+    start = kx._width(head.split("x")[0])                 # 第二列在每一行都从同一显示宽度开始
+    assert kx._width(row1.split("1.235")[0]) == start == kx._width(row2.split("nan")[0])
