@@ -45,6 +45,11 @@ def pytest_addoption(parser):
         default=None,
         help="测试哪个实现：exercises | solutions | bug:<名字> | 某个 .py 文件或目录的路径",
     )
+    group.addoption(
+        "--bug-bank",
+        action="store_true",
+        help="（自检用）把每个测试在该模块 bug bank 的每个错误实现上各跑一遍，证明测试能抓住它们",
+    )
 
 
 def pytest_configure(config):
@@ -60,12 +65,20 @@ def pytest_report_header(config):
     return f"minimind-kata: 被测实现 = {kata_impl.describe(kata_impl.default_impl())}"
 
 
+def pytest_generate_tests(metafunc):
+    if metafunc.config.getoption("--bug-bank") and "impl" in metafunc.fixturenames:
+        from kata.bugbank import bugs_for
+
+        names = [f"bug:{b.name}" for b in bugs_for(metafunc.definition.path.parent.name)]
+        metafunc.parametrize("impl", names, indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
 def impl(request):
     """当前被测实现的命名空间：按测试文件所在的模块目录（如 01_normalization）加载。"""
     module_key = request.path.parent.name
     try:
-        return kata_impl.resolve(module_key)
+        return kata_impl.resolve(module_key, getattr(request, "param", None))
     except kata_impl.ImplLoadError as exc:
         pytest.fail(str(exc), pytrace=False)
 

@@ -461,12 +461,22 @@ class Experiment:
     # ---- 命令行 ----------------------------------------------------------------------------
 
     @classmethod
+    def script_file(cls) -> Path:
+        """定义这个实验的脚本文件（结果目录就在它旁边）。"""
+        if cls.script_path:
+            return Path(cls.script_path).resolve()
+        try:
+            return Path(inspect.getfile(cls)).resolve()
+        except (TypeError, OSError):  # 例如按路径加载、没有登记到 sys.modules 的脚本
+            main = sys.modules.get("__main__")
+            return Path(getattr(main, "__file__", None) or Path.cwd() / f"{cls.name}.py").resolve()
+
+    @classmethod
     def default_out_dir(cls) -> Path:
-        script = cls.script_path or inspect.getfile(cls)
-        return Path(script).resolve().parent / "results"
+        return cls.script_file().parent / "results"
 
     def build_parser(self) -> argparse.ArgumentParser:
-        prog = Path(self.script_path or inspect.getfile(type(self))).name
+        prog = self.script_file().name
         desc = self.title + ("\n\n" + self.description if self.description else "")
         parser = _chinese_parser(
             prog=prog, description=desc,
@@ -555,11 +565,11 @@ class Experiment:
             torch.set_num_threads(self.args.threads)
         started = _dt.datetime.now().astimezone()
         self._t0 = time.perf_counter()
-        print(f"== {self.title or self.name} ==")
-        print(f"模式：{self.mode_label}｜实现：{kata_impl.describe(self.impl)}｜设备：{self.device}｜种子：{self.seed}")
-        for name in self.requires:
+        for name in self.requires:  # 先检查组件：还没实现时只输出那一句话
             obj = check_component(name, self.impl)
             self.record_provenance({name: self._provenance_of(name, obj)})
+        print(f"== {self.title or self.name} ==")
+        print(f"模式：{self.mode_label}｜实现：{kata_impl.describe(self.impl)}｜设备：{self.device}｜种子：{self.seed}")
         seed_everything(self.seed)
         returned = self.run()
         if returned:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,18 @@ class TestSummary:
     @property
     def total(self) -> int:
         return len(self.outcomes)
+
+
+def run_bug_bank(module: Module | str, *, timeout: float = 900) -> dict[str, TestSummary]:
+    """在一个子进程里把模块的全部测试在 bug bank 的每个错误实现上各跑一遍，按 bug 分组返回。"""
+    m = get_module(module) if isinstance(module, str) else module
+    whole = run_tests(m, "solutions", extra_args=("--bug-bank",), timeout=timeout)
+    per_bug: dict[str, TestSummary] = {}
+    for o in whole.outcomes:
+        found = re.search(r"bug:([A-Za-z0-9_]+)", o.name)
+        key = found.group(1) if found else "<unknown>"
+        per_bug.setdefault(key, TestSummary(m.key, f"bug:{key}", output=whole.output)).outcomes.append(o)
+    return per_bug
 
 
 def exercise_dir(module: Module) -> Path:

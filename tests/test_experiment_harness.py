@@ -48,6 +48,7 @@ def load_script(path: Path):
 
     spec = importlib.util.spec_from_file_location(f"_exp_{path.stem}", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
 

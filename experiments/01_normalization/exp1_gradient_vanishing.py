@@ -228,9 +228,12 @@ class GradientVanishing(Experiment):
         d_lo, d_hi = sweep[0], sweep[-1]
         v_lo, v_hi = sweep_res["vanish"]["none"][0], sweep_res["vanish"]["none"][-1]
         if math.isfinite(v_lo) and math.isfinite(v_hi):
+            per_layer_orders = (abs(v_hi) - abs(v_lo)) / (d_hi - d_lo)
+            grows = abs(v_hi) > 2 * abs(v_lo) and abs(v_hi) - abs(v_lo) > 1
             sentences.append(
-                f"深度扫描（默认初始化、无归一化）：{d_lo} 层时比值的 log10 是 {v_lo:.1f}，{d_hi} 层时是 {v_hi:.1f}"
-                f"——{'层数越多差距越大，是按层相乘累积出来的' if abs(v_hi) > abs(v_lo) + 1 else '差距没有随层数明显增大'}。")
+                f"深度扫描（默认初始化、无归一化）：{d_lo} 层时比值的 log10 是 {v_lo:.1f}，{d_hi} 层时是 {v_hi:.1f}——"
+                + (f"层数越多差距越大，平均每多一层再差 {per_layer_orders:.2f} 个数量级（对数轴上近似一条直线），"
+                   "这就是按层相乘的累积。" if grows else "差距没有随层数明显增大。"))
         verdict = ("两种初始化下的结果都与预期（Linear+激活的深层网络梯度按层指数式消失/爆炸，逐层归一化把它拉回同一量级）一致。"
                    if all(oks) else "至少有一个场景与预期不一致，见上面的具体说明。")
         self.conclude("\n".join(sentences + [verdict]))
