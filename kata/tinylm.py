@@ -274,8 +274,13 @@ def _probe(key: str, impl: str) -> _Probe:
         ns = kata_impl.resolve(comp.module, impl)
         objects = {n: getattr(ns, n) for n in comp.names}
     except kata_impl.ImplLoadError as exc:
-        missing = "找不到实现文件" in str(exc)
-        result = _Probe(False, {}, "文件不存在" if missing else "无法导入", str(exc))
+        if "找不到实现文件" in str(exc):
+            reason = "文件不存在"
+        elif "没有定义" in str(exc):
+            reason = "没有定义 " + " / ".join(comp.names)
+        else:
+            reason = "无法导入"
+        result = _Probe(False, {}, reason, str(exc))
     except Exception as exc:  # 例如 bug:<名字> 不属于这个模块
         result = _Probe(False, {}, "不可用", f"{type(exc).__name__}: {exc}")
     else:

@@ -99,3 +99,22 @@ def test_solutions_switch_reaches_the_tests(how, tmp_path):
     proc = subprocess.run(args, cwd=kimpl.REPO_ROOT, capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and "4 passed" in proc.stdout, proc.stdout[-1500:]
     assert "参考实现" in proc.stdout  # 报告头写明了被测实现
+
+
+def test_infinite_loop_ends_with_a_readable_timeout(tmp_path):
+    (tmp_path / "rmsnorm.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class RMSNorm(nn.Module):\n"
+        "    def __init__(self, dim, eps=1e-5):\n"
+        "        super().__init__()\n        self.eps = eps\n        self.weight = nn.Parameter(torch.ones(dim))\n\n"
+        "    def forward(self, x):\n        while True:\n            pass\n",
+        encoding="utf-8",
+    )
+    env = dict(os.environ)
+    env.pop("KATA_IMPL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "exercises/01_normalization", f"--impl={tmp_path}", "-q",
+         "-p", "no:cacheprovider", "-o", "timeout=2", "-k", "test_eps_is_stored"],
+        cwd=kimpl.REPO_ROOT, capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 1 and "超时：这个测试运行超过了 2 秒" in proc.stdout, proc.stdout[-1500:]
