@@ -93,7 +93,11 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="每次计时的训练步数")
     parser.add_argument("--warmup", type=int, default=5, help="计时前先跑的步数")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads 的值（默认不改，用 torch 的默认线程数）")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     corpus = load_corpus("synthetic")
     vocab = corpus.tokenizer.vocab_size

@@ -54,10 +54,10 @@ from kata import impl as kata_impl
 from kata.curriculum import module_of_name
 
 __all__ = [
-    "Experiment", "ComponentNotImplemented", "IMPL_CHOICES", "DEVICE_CHOICES", "COMPONENT_PROBES",
+    "Experiment", "ComponentNotImplemented", "UsageError", "IMPL_CHOICES", "DEVICE_CHOICES", "COMPONENT_PROBES",
     "pick_device", "seed_everything", "check_component", "not_implemented_sentence",
-    "atomic_write_json", "atomic_write_bytes", "to_jsonable", "environment_info", "format_table",
-    "summarize", "fmt_mean_std", "compare_means", "describe_gap", "orders_of_magnitude",
+    "atomic_write_json", "atomic_write_bytes", "to_jsonable", "environment_info", "format_table", "pad",
+    "summarize", "fmt_mean_std", "compare_means", "describe_gap", "orders_of_magnitude", "unigram_baseline",
 ]
 
 IMPL_CHOICES = ("exercises", "solutions")
@@ -295,6 +295,11 @@ def _width(s: str) -> int:
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in s)
 
 
+def pad(text: str, width: int) -> str:
+    """按显示宽度（汉字算两格）右侧补空格。"""
+    return text + " " * max(0, width - _width(text))
+
+
 def _cell(v) -> str:
     if isinstance(v, float):
         if not math.isfinite(v):
@@ -357,32 +362,52 @@ def compare_means(a: Sequence[float], b: Sequence[float]) -> dict:
             "n_a": sa["n"], "n_b": sb["n"], "diff": diff, "spread": spread, "exceeds_spread": exceeds}
 
 
+def _sp(text: str) -> str:
+    """中英文混排：以 ASCII 字符结尾的词后面补一个空格（“LayerNorm 的”“验证 loss 比”），汉字结尾不补。"""
+    return text + (" " if text and text[-1].isascii() else "")
+
+
 def describe_gap(a: Sequence[float], b: Sequence[float], name_a: str, name_b: str, *,
                  what: str = "验证 loss", lower_is_better: bool = True, fmt: str = ".3f",
-                 tie: float = 0.0) -> str:
+                 tie: float = 0.0, spread_note: bool = True) -> str:
     """一句中文：name_b 的 what 比 name_a 高/低多少，这个差距是否超过种子间波动。
 
-    ``tie``：|差| ≤ tie 时直接说“几乎相同”。
+    ``tie``：|差| ≤ tie 时直接说“几乎相同”。``spread_note=False`` 时只有 1 个种子就不附“无法判断”那半句
+    （调用者自己统一说明一次）。
     """
     c = compare_means(a, b)
-    w = what + (" " if what and what[-1].isascii() else "")  # “验证 loss 比”：ASCII 结尾时补一个空格
+    w = _sp(what)
     if not (math.isfinite(c["mean_a"]) and math.isfinite(c["mean_b"])):
         return f"{name_a} 或 {name_b} 的{what}不是有限值（发散），无法比较两者的差距。"
     d = c["diff"]
     if abs(d) <= tie:
-        head = f"{name_b} 与 {name_a} 的{w}几乎相同（{c['mean_b']:{fmt}} vs {c['mean_a']:{fmt}}）"
+        head = f"{name_b} 与 {_sp(name_a)}的{w}几乎相同（{c['mean_b']:{fmt}} vs {c['mean_a']:{fmt}}）"
     else:
         word = "低" if d < 0 else "高"
         better = (d < 0) == lower_is_better
-        head = (f"{name_b} 的{w}比 {name_a} {word} {abs(d):{fmt}}（{c['mean_b']:{fmt}} vs {c['mean_a']:{fmt}}，"
+        head = (f"{_sp(name_b)}的{w}比 {name_a} {word} {abs(d):{fmt}}（{c['mean_b']:{fmt}} vs {c['mean_a']:{fmt}}，"
                 f"{'更好' if better else '更差'}）")
     if c["exceeds_spread"] is None:
+        if not spread_note:
+            return head + "。"
         tail = "；只跑了 1 个种子，无法判断这个差距是否超过随机波动（完整模式会跑多个种子）"
     elif c["exceeds_spread"]:
         tail = f"；差距超过了种子间的波动（两者标准差之和 {c['spread']:{fmt}}），不像是偶然"
     else:
         tail = f"；差距没有超过种子间的波动（两者标准差之和 {c['spread']:{fmt}}），可以认为两者相当"
     return head + tail + "。"
+
+
+def unigram_baseline(corpus) -> float:
+    """只按字符频率猜（不看上下文）的模型在验证集上的交叉熵（nats/字符），频率取自训练集。
+
+    语言模型的 loss 停在这个值附近，说明它只学到了“哪个字符常见”，还没用上前文。
+    """
+    n = corpus.tokenizer.vocab_size
+    p = torch.bincount(corpus.train_ids, minlength=n).double() + 1.0  # 加一平滑：验证集里可能有训练集没见过的字符
+    p = p / p.sum()
+    q = torch.bincount(corpus.val_ids, minlength=n).double()
+    return float(-(q * p.log()).sum() / q.sum())
 
 
 def orders_of_magnitude(ratio: float) -> float:
@@ -412,8 +437,14 @@ class _ChineseHelpFormatter(argparse.RawDescriptionHelpFormatter):
         return super().add_usage(usage, actions, groups, prefix="用法：" if prefix is None else prefix)
 
 
+class _ChineseArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}：参数错误：{message}（用 --help 查看全部参数）\n")
+
+
 def _chinese_parser(**kw) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=_ChineseHelpFormatter, add_help=False, **kw)
+    parser = _ChineseArgumentParser(formatter_class=_ChineseHelpFormatter, add_help=False, **kw)
     parser._positionals.title = "位置参数"
     parser._optionals.title = "选项"
     parser.add_argument("-h", "--help", action="help", help="显示这段帮助并退出")
@@ -535,7 +566,7 @@ class Experiment:
             if isinstance(exc, DataError):
                 print(str(exc), file=sys.stderr)
                 return 1
-            if isinstance(exc, _UsageError):
+            if isinstance(exc, UsageError):
                 print(str(exc), file=sys.stderr)
                 return 1
             raise
@@ -558,11 +589,14 @@ class Experiment:
         try:
             self.device = pick_device(self.args.device)
         except ValueError as exc:
-            raise _UsageError(str(exc)) from None
-        if getattr(self.args, "threads", None):
-            if self.args.threads < 1:
-                raise _UsageError("--threads 至少为 1")
-            torch.set_num_threads(self.args.threads)
+            raise UsageError(str(exc)) from None
+        threads = getattr(self.args, "threads", None)
+        if threads is None and self.smoke:
+            threads = 1  # 冒烟模式只检查流程：单线程在繁忙的机器（CI）上反而快得多，也更稳定
+        if threads is not None:
+            if threads < 1:
+                raise UsageError("--threads 至少为 1")
+            torch.set_num_threads(threads)
         started = _dt.datetime.now().astimezone()
         self._t0 = time.perf_counter()
         for name in self.requires:  # 先检查组件：还没实现时只输出那一句话
@@ -747,5 +781,5 @@ class Experiment:
             return str(path)
 
 
-class _UsageError(RuntimeError):
+class UsageError(RuntimeError):
     """参数或设备不可用：打印一句话，退出码 1。"""

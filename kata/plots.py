@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 
 import matplotlib.font_manager as font_manager  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 __all__ = [
@@ -251,6 +252,7 @@ def plot_gradient_flow(
         ax.plot(x, y, label=text, **kw)
     if log:
         ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _finish(fig, ax, title, xlabel, ylabel)
 
 
@@ -290,12 +292,14 @@ def plot_loss_curves(
     diverged: Optional[Mapping[str, Optional[int]]] = None,
     styles: Optional[Mapping[str, dict]] = None,
     ylim: Optional[tuple[float, float]] = None,
+    references: Optional[Mapping[Label, float]] = None,
 ):
     """画若干条 loss 曲线：``{名字: (steps, losses)}``，或带标准差带的 ``(steps, mean, std)``
     （也可写成 ``{"steps": …, "mean": …, "std": …}``）。
 
     非有限的 loss（发散后的 NaN/inf）不画；``diverged={名字: 步数}`` 会在那一步画一个 ×
     并写进图例。默认纵轴范围会裁掉开头极高的 loss，让后面的差别看得清（``ylim`` 可自定）。
+    ``references={名字: 数值}`` 画水平虚线作参照（例如只按字符频率猜的 loss）。
     """
     fig, ax = _axes(ax)
     styles = styles or {}
@@ -309,6 +313,8 @@ def plot_loss_curves(
         if div is not None:
             text += f" (diverged @ step {div})"
         kw = {"linewidth": 1.6}
+        if ok.sum() <= 3:
+            kw["marker"] = "o"  # 只有几个点时，没有标记就看不见
         kw.update(styles.get(name, {}))
         (line,) = ax.plot(steps[ok], mean[ok], label=text, **kw)
         if std is not None:
@@ -321,6 +327,11 @@ def plot_loss_curves(
                 ax.plot([div], [y], marker="x", markersize=10, mew=2.5, color=line.get_color(), linestyle="none")
         if ok.any():
             finite_tails.append(mean[ok][len(mean[ok]) // 5:])
+    for i, (name, value) in enumerate((references or {}).items()):
+        if value is not None and np.isfinite(value):
+            ax.axhline(value, color="gray", linestyle=(0, (4, 3 + 2 * i)), linewidth=1.0,
+                       label=f"{label(name)} = {value:.3f}")
+            finite_tails.append(np.array([value]))
     if log:
         ax.set_yscale("log")
     if ylim is not None:

@@ -421,3 +421,65 @@ def test_format_table_aligns_cjk():
     assert "1.235" in row1 and row2.endswith("nan")
     start = kx._width(head.split("x")[0])                 # 第二列在每一行都从同一显示宽度开始
     assert kx._width(row1.split("1.235")[0]) == start == kx._width(row2.split("nan")[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# 实验 2、3 的结论函数：喂进去相反的数字，措辞必须跟着反过来（不训练模型，很快）
+# ---------------------------------------------------------------------------------------------
+
+def _run(final, steps=(10, 20), losses=None, diverged_at=None):
+    losses = list(losses) if losses is not None else [final + 0.3, final]
+    return {"final_val_loss": final if diverged_at is None else float("nan"), "diverged_at": diverged_at,
+            "val_steps": list(steps), "val_losses": losses}
+
+
+def test_exp2_conclusion_follows_the_numbers():
+    exp2 = load_script(EXP_DIR / "exp2_norm_comparison.py")
+    names = exp2.variant_names("exercises")
+    fast = {"layernorm": {"median_ms": 1.0}, "rmsnorm": {"median_ms": 0.8}, "shape": [2, 3, 4], "repeats": 5}
+    slow = {"layernorm": {"median_ms": 1.0}, "rmsnorm": {"median_ms": 3.0}, "shape": [2, 3, 4], "repeats": 5}
+    expected = {"none": [_run(2.9 + 0.01 * i, losses=[3.4, 2.9]) for i in range(3)],
+                "layernorm": [_run(2.15 + 0.01 * i, losses=[2.6, 2.15]) for i in range(3)],
+                "rmsnorm": [_run(2.14 + 0.01 * i, losses=[2.6, 2.14]) for i in range(3)]}
+    text, verdict = exp2.write_conclusion(expected, fast, names, 3, 100, 3e-3, unigram=3.35)
+    assert verdict["ln_vs_rms"] == "comparable" and "相当" in text and "一致" in text
+    assert verdict["none_vs_norm"] == "no-norm worse" and "明显更慢" in text
+    assert "快了 20%" in text and "7%–64%" in text
+
+    flipped = {"none": [_run(2.10 + 0.01 * i) for i in range(3)],
+               "layernorm": [_run(2.15 + 0.01 * i) for i in range(3)],
+               "rmsnorm": [_run(2.60 + 0.01 * i) for i in range(3)]}
+    text, verdict = exp2.write_conclusion(flipped, slow, names, 3, 100, 3e-3, unigram=3.35)
+    assert verdict["ln_vs_rms"] == "differ" and "不一致" in text
+    assert verdict["none_vs_norm"] == "no-norm not worse" and "与预期不一致" in text
+    assert "3.0 倍" in text and "方向相反" in text and "融合" in text
+
+    diverged = dict(expected, none=[_run(0, diverged_at=7) for _ in range(3)])
+    text, verdict = exp2.write_conclusion(diverged, fast, names, 3, 100, 3e-3, unigram=3.35)
+    assert "3/3 个种子上发散" in text and "第 7, 7, 7 步" in text and verdict["none_vs_norm"] == "no-norm diverged"
+
+
+def test_exp3_conclusion_follows_the_numbers():
+    exp3 = load_script(EXP_DIR / "exp3_prenorm_vs_postnorm.py")
+    flat = [[0.5, 0.5, 0.5]]
+    rising = [[0.1, 0.5, 2.0]]
+    rms = {(6, "pre"): 0.02, (6, "post"): 1.0, (12, "pre"): 0.02, (12, "post"): 1.0}
+
+    def runs(post12):
+        return {(6, "pre"): [_run(2.3)], (6, "post"): [_run(2.3)], (12, "pre"): [_run(2.4)], (12, "post"): [post12]}
+
+    grads = {(6, "pre"): flat, (6, "post"): rising, (12, "pre"): flat, (12, "post"): rising}
+    text, v = exp3.write_conclusion(grads, runs(_run(3.34)), [6, 12], 3.35, 1e-2, 100, 1, {}, rms)
+    assert v["init"]["post_larger_near_output"] and "与 Xiong 等（2020）的分析一致" in text
+    assert v["train"]["12L"] == "post worse" and v["train"]["6L"] == "similar"
+    assert "卡在只按字符频率猜的水平" in text and "层数越多越明显" in text
+
+    grads = {k: flat for k in grads}
+    text, v = exp3.write_conclusion(grads, runs(_run(0, diverged_at=4)), [6, 12], 3.35, 1e-2, 100, 1, {}, rms)
+    assert not v["init"]["post_larger_near_output"] and "没有出现" in text
+    assert "发散（第 4 步）" in text
+
+    text, v = exp3.write_conclusion(grads, runs(_run(2.4)), [6, 12], 3.35, 1e-2, 100, 1,
+                                    {(12, "post"): [_run(2.4)]}, rms)
+    assert v["post_worse_at_depths"] == [] and "与预期不一致" in text
+    assert v["warmup_rescues_post"] is True

@@ -1,0 +1,176 @@
+"""模块 03 的 bug bank：真实会写出来的错误注意力。
+
+两类：
+- 注意力函数 / repeat_kv 本身的错误：同时换掉 ``scaled_dot_product_attention``（或 ``repeat_kv``）和
+  ``Attention``——学习者的 Attention 调用的是他自己的函数，所以这个错误也会出现在 Attention 的输出里；
+- 只在 ``Attention.forward`` 里的错误（RoPE 转了 v、合并头时忘了 transpose、KV cache 的各种错位……）。
+
+所有错误的 Attention 都继承参考实现的 ``__init__``（参数一样），只重写 forward，并且总走手写路径。
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from kata.bugbank import Bug
+from solutions import Attention as _RefAttention
+from solutions import apply_rotary_pos_emb
+from solutions import repeat_kv as _ref_repeat_kv
+
+
+# ---------------------------------------------------------------------------------------------
+# 一个带开关的注意力函数：默认就是正确的，每个 bug 拧错一个开关
+# ---------------------------------------------------------------------------------------------
+
+def _make_sdpa(*, scale: str = "sqrt", softmax_dim: int = -1, diag_shift: int = 0, top_left: bool = False,
+               mask_after_softmax: bool = False, invert_bool: bool = False, mask_xor_causal: bool = False,
+               guard_dead_rows: bool = True):
+    def sdpa(q, k, v, attn_mask=None, is_causal=False):
+        q_len, k_len, head_dim = q.size(-2), k.size(-2), q.size(-1)
+        scores = q @ k.transpose(-2, -1)
+        if scale == "sqrt":
+            scores = scores / math.sqrt(head_dim)
+        elif scale == "d":
+            scores = scores / head_dim
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        allowed = None
+        if is_causal:
+            diag = (0 if top_left else k_len - q_len) + diag_shift
+            allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(diag)
+        if attn_mask is not None and not (mask_xor_causal and is_causal):
+            m = ~attn_mask if invert_bool else attn_mask
+            allowed = m if allowed is None else allowed & m
+        dead = None
+        if allowed is not None and not mask_after_softmax:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+            if guard_dead_rows:
+                dead = torch.isneginf(scores).all(dim=-1, keepdim=True)
+                scores = scores.masked_fill(dead, 0.0)
+        probs = torch.softmax(scores, dim=softmax_dim)
+        if dead is not None:
+            probs = probs.masked_fill(dead, 0.0)
+        if mask_after_softmax and allowed is not None:
+            probs = probs * allowed
+        return probs.to(v.dtype) @ v
+    return sdpa
+
+
+_good_sdpa = _make_sdpa()
+
+
+def _tiled_repeat_kv(x, n_rep):
+    return x.repeat(1, 1, n_rep, 1)  # 平铺：头的来源是 0 1 0 1 …，而不是 0 0 1 1 …
+
+
+# ---------------------------------------------------------------------------------------------
+# 一个带开关的 Attention：默认与参考实现的手写路径相同
+# ---------------------------------------------------------------------------------------------
+
+class _BugAttention(_RefAttention):
+    sdpa = staticmethod(_good_sdpa)
+    rkv = staticmethod(_ref_repeat_kv)
+    rope_on_v = False
+    merge_without_transpose = False
+    cache_after_repeat = False
+    forget_past = False
+    padding_inverted = False
+    qk_norm_after_rope = False
+    causal_only_without_cache = False
+    torch_sdpa_even_with_cache = False
+
+    def forward(self, x, position_embeddings, past_key_value=None, use_cache=False, attention_mask=None):
+        bsz, seq_len, _ = x.shape
+        q = self.q_proj(x).view(bsz, seq_len, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim)
+        cos, sin = position_embeddings
+        if self.qk_norm and not self.qk_norm_after_rope:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k2 = apply_rotary_pos_emb(q, k, cos, sin)
+        if self.rope_on_v:
+            _, v = apply_rotary_pos_emb(q, v, cos, sin)
+        k = k2
+        if self.qk_norm and self.qk_norm_after_rope:
+            q, k = self.q_norm(q), self.k_norm(k)
+
+        if self.cache_after_repeat:
+            k, v = self.rkv(k, self.n_rep), self.rkv(v, self.n_rep)
+        if past_key_value is not None and not self.forget_past:
+            k = torch.cat([past_key_value[0], k], dim=1)
+            v = torch.cat([past_key_value[1], v], dim=1)
+        present = (k, v) if use_cache else None
+        if not self.cache_after_repeat:
+            k, v = self.rkv(k, self.n_rep), self.rkv(v, self.n_rep)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+        no_padding = attention_mask is None or bool(torch.all(attention_mask == 1))
+        if self.torch_sdpa_even_with_cache and no_padding:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # Sq ≠ Sk 时是左上对齐的
+        else:
+            mask = None
+            if not no_padding:
+                keep = attention_mask == 0 if self.padding_inverted else attention_mask.bool()
+                mask = keep[:, None, None, :]
+            causal = past_key_value is None if self.causal_only_without_cache else True
+            out = self.sdpa(q, k, v, attn_mask=mask, is_causal=causal)
+        if self.merge_without_transpose:
+            out = out.reshape(bsz, seq_len, -1)
+        else:
+            out = out.transpose(1, 2).reshape(bsz, seq_len, -1)
+        return self.resid_dropout(self.o_proj(out)), present
+
+
+def _attention(name: str, **attrs):
+    attrs = {k: staticmethod(v) if callable(v) else v for k, v in attrs.items()}
+    return type(f"Attention_{name}", (_BugAttention,), attrs)
+
+
+def _sdpa_bug(name: str, description: str, **knobs) -> Bug:
+    bad = _make_sdpa(**knobs)
+    return Bug(name, description, {"scaled_dot_product_attention": bad, "Attention": _attention(name, sdpa=bad)})
+
+
+def _attention_bug(name: str, description: str, **attrs) -> Bug:
+    return Bug(name, description, {"Attention": _attention(name, **attrs)})
+
+
+BUGS = [
+    # ---- 缩放点积注意力本身
+    _sdpa_bug("no_scale", "忘了除以 √D：分数的方差随 head_dim 增大，softmax 被推向 one-hot", scale="none"),
+    _sdpa_bug("scale_by_d", "除以 D 而不是 √D：分数被压得太小，注意力几乎是均匀的", scale="d"),
+    _sdpa_bug("softmax_over_queries", "softmax 沿了 query 轴（dim=-2）而不是 key 轴（dim=-1）：每列之和为 1，每行不是",
+              softmax_dim=-2),
+    _sdpa_bug("diagonal_masked", "因果掩码把对角线也屏蔽了（triu(diagonal=0)）：token 看不见自己，第一个 token 什么都看不见",
+              diag_shift=-1),
+    _sdpa_bug("one_future_token_visible", "因果掩码差了一位（triu(diagonal=2)）：每个 token 能偷看下一个 token", diag_shift=1),
+    _sdpa_bug("causal_top_left", "因果掩码左上对齐（tril(0)，F.scaled_dot_product_attention 的 is_causal 在 Sq≠Sk 时就是这样）："
+              "带 KV cache 时新 query 只能看见最前面的几个 key", top_left=True),
+    _sdpa_bug("mask_after_softmax", "掩码在 softmax 之后才乘上去：被屏蔽的权重归零了，但每行之和不再是 1", mask_after_softmax=True),
+    _sdpa_bug("bool_mask_inverted", "bool 掩码的含义弄反了（把 True 当成“屏蔽”，那是 nn.MultiheadAttention 的约定）",
+              invert_bool=True),
+    _sdpa_bug("mask_ignored_when_causal", "is_causal=True 时忽略了 attn_mask（只用了其中一个掩码）：padding 没有被屏蔽",
+              mask_xor_causal=True),
+    _sdpa_bug("nan_on_fully_masked_row", "没有处理整行都被屏蔽的 query：softmax(全 −∞) = NaN，会传染给下一层",
+              guard_dead_rows=False),
+    # ---- repeat_kv
+    Bug("repeat_kv_tiles", "repeat_kv 用了平铺 x.repeat(1, 1, n_rep, 1)（头的来源 0 1 0 1）而不是交错（0 0 1 1）",
+        {"repeat_kv": _tiled_repeat_kv, "Attention": _attention("repeat_kv_tiles", rkv=_tiled_repeat_kv)}),
+    # ---- Attention.forward
+    _attention_bug("rope_on_v", "RoPE 也转了 v：输出随绝对位置变化（RoPE 只该转 q 和 k）", rope_on_v=True),
+    _attention_bug("heads_merged_without_transpose", "合并头时忘了先 transpose(1, 2)：[B, H, S, D] 直接 reshape 成 "
+                   "[B, S, H·D]，把不同位置的向量拼在了一起", merge_without_transpose=True),
+    _attention_bug("cache_after_repeat_kv", "KV cache 存的是 repeat_kv 之后的 k、v（n_heads 个头）：GQA 省下的显存又花回去了",
+                   cache_after_repeat=True),
+    _attention_bug("past_not_concatenated", "忘了把 past_key_value 拼到新的 k、v 前面：解码时只看得见当前这几个 token",
+                   forget_past=True),
+    _attention_bug("padding_mask_inverted", "把 attention_mask 的 1 当成了 padding（约定是 1 = 真实 token，0 = padding）",
+                   padding_inverted=True),
+    _attention_bug("qk_norm_after_rope", "QK-norm 放在了 RoPE 之后（minimind-3 是先 q_norm / k_norm 再 RoPE）",
+                   qk_norm_after_rope=True),
+    _attention_bug("no_causal_mask_with_cache", "有 KV cache 时就不加因果掩码：逐 token 解码没问题，但一次喂多个新 token 时"
+                   "它们能互相看见未来", causal_only_without_cache=True),
+    _attention_bug("torch_sdpa_with_cache", "带 KV cache 时也走 F.scaled_dot_product_attention(is_causal=True)："
+                   "它的因果掩码在 Sq≠Sk 时左上对齐，新 token 看不见大部分旧 key", torch_sdpa_even_with_cache=True),
+]
