@@ -25,6 +25,19 @@
     if __name__ == "__main__":
         sys.exit(MyExperiment.main())
 
+脚本开头用三行把仓库根目录放进 sys.path，这样在仓库根目录和脚本所在文件夹里都能运行::
+
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+run() 里可用的工具：``self.mode``（smoke / quick / full）与 ``self.by_mode(...)``、``self.seeds(full=3)``、
+``self.component(name)``、``self.load_corpus()``（--data-file / KATA_DATA_DIR / 缓存 / 下载；
+``can_use_synthetic`` 时可退回合成语料并记录）、``self.config(**超参数)``、``self.save_metrics(dict)``、
+``self.save_figure(fig, name)``、``self.print_table(表头, 行)``、``self.note(text)``、``self.conclude(text)``；
+写结论用的 ``summarize`` / ``fmt_mean_std`` / ``compare_means`` / ``describe_gap`` / ``orders_of_magnitude`` /
+``unigram_baseline``。
+
 ``main(argv)`` 返回退出码：0 成功；1 数据拿不到或参数/设备不可用；2 需要的组件还没实现
 （只打印一句中文，不打印 traceback）；130 被 Ctrl-C 中断。
 """
@@ -58,6 +71,7 @@ __all__ = [
     "pick_device", "seed_everything", "check_component", "not_implemented_sentence",
     "atomic_write_json", "atomic_write_bytes", "to_jsonable", "environment_info", "format_table", "pad",
     "summarize", "fmt_mean_std", "compare_means", "describe_gap", "orders_of_magnitude", "unigram_baseline",
+    "tidy_spacing",
 ]
 
 IMPL_CHOICES = ("exercises", "solutions")
@@ -362,6 +376,18 @@ def compare_means(a: Sequence[float], b: Sequence[float]) -> dict:
             "n_a": sa["n"], "n_b": sb["n"], "diff": diff, "spread": spread, "exceeds_spread": exceeds}
 
 
+_HAN = "\u4e00-\u9fff"
+
+
+def tidy_spacing(text: str) -> str:
+    """中英文混排的空格：汉字与字母/数字之间留一个空格，两个汉字之间不留。"""
+    import re
+
+    text = re.sub(f"([{_HAN}])[ ]+(?=[{_HAN}])", r"\1", text)
+    text = re.sub(f"([{_HAN}])(?=[A-Za-z0-9])", r"\1 ", text)
+    return re.sub(f"([A-Za-z0-9])(?=[{_HAN}])", r"\1 ", text)
+
+
 def _sp(text: str) -> str:
     """中英文混排：以 ASCII 字符结尾的词后面补一个空格（“LayerNorm 的”“验证 loss 比”），汉字结尾不补。"""
     return text + (" " if text and text[-1].isascii() else "")
@@ -387,6 +413,7 @@ def describe_gap(a: Sequence[float], b: Sequence[float], name_a: str, name_b: st
         better = (d < 0) == lower_is_better
         head = (f"{_sp(name_b)}的{w}比 {name_a} {word} {abs(d):{fmt}}（{c['mean_b']:{fmt}} vs {c['mean_a']:{fmt}}，"
                 f"{'更好' if better else '更差'}）")
+    head = tidy_spacing(head)
     if c["exceeds_spread"] is None:
         if not spread_note:
             return head + "。"
@@ -465,6 +492,10 @@ class Experiment:
     requires: tuple[str, ...] = ()       # 必须来自 --impl 的组件名，例如 ("RMSNorm",)
     can_use_synthetic: bool = False      # 拿不到 TinyShakespeare 时，可否退回合成语料
     script_path: Optional[str] = None    # 结果目录定位用；默认是定义子类的那个文件
+    # 不传 --threads 时 PyTorch 用几个 CPU 线程。None = PyTorch 的默认（物理核数）。
+    # 这些实验的模型都很小，多线程的同步开销常常大于收益；机器上还有别的进程在跑时，
+    # 多个线程抢同一个核会慢好几倍（2 核机器上实测 exp1 --quick：单线程 18 秒，双线程 54 秒）。
+    default_threads: Optional[int] = 1
 
     def __init__(self, args: Optional[argparse.Namespace] = None):
         self.args = args
@@ -533,7 +564,8 @@ class Experiment:
         g.add_argument("--out-dir", default=None, metavar="DIR",
                        help="结果目录（默认是脚本旁边的 results/，与当前目录无关）")
         g.add_argument("--threads", type=int, default=None, metavar="N",
-                       help="PyTorch 在 CPU 上用几个线程（默认由 PyTorch 决定；机器同时在跑别的任务时，设成 1 往往反而更快）")
+                       help=f"PyTorch 在 CPU 上用几个线程（默认 {self.default_threads or 'PyTorch 自己决定'}："
+                            "模型很小，多线程的同步开销常常大于收益，机器忙时更是如此；核多又空闲时可以试试更大的 N）")
         g.add_argument("--no-progress", action="store_true", help="不显示进度条")
         own = parser.add_argument_group("本实验的选项")
         self.add_arguments(own)
@@ -547,6 +579,7 @@ class Experiment:
         exp = cls()
         parser = exp.build_parser()
         exp.args = parser.parse_args(argv)
+        exp._command = [cls.script_file().name] + list(sys.argv[1:] if argv is None else argv)
         if exp.args.n_seeds is not None and exp.args.n_seeds < 1:
             parser.error("--n-seeds 至少为 1")
         try:
@@ -591,12 +624,19 @@ class Experiment:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         threads = getattr(self.args, "threads", None)
-        if threads is None and self.smoke:
-            threads = 1  # 冒烟模式只检查流程：单线程在繁忙的机器（CI）上反而快得多，也更稳定
+        if threads is None:
+            threads = 1 if self.smoke else self.default_threads  # 冒烟模式（CI）总是单线程：在繁忙的机器上更快也更稳
+        if threads is not None and threads < 1:
+            raise UsageError("--threads 至少为 1")
+        previous_threads = torch.get_num_threads()
         if threads is not None:
-            if threads < 1:
-                raise UsageError("--threads 至少为 1")
             torch.set_num_threads(threads)
+        try:  # 在同一个进程里被调用（测试、notebook）时，结束后把线程数还原
+            return self._execute()
+        finally:
+            torch.set_num_threads(previous_threads)
+
+    def _execute(self) -> dict:
         started = _dt.datetime.now().astimezone()
         self._t0 = time.perf_counter()
         for name in self.requires:  # 先检查组件：还没实现时只输出那一句话
@@ -630,7 +670,7 @@ class Experiment:
             "wall_time_s": round(wall, 3),
             "started_at": started.isoformat(timespec="seconds"),
             "versions": environment_info(self.device),
-            "command": [Path(sys.argv[0]).name] + list(sys.argv[1:]) if sys.argv else None,
+            "command": getattr(self, "_command", None),
         }
         self.json_path = atomic_write_json(self.out_dir / f"{self.name}.json", record)
         print(f"\n结果已写入 {self._display_path(self.json_path)}（用时 {wall:.1f} 秒）")
@@ -765,7 +805,7 @@ class Experiment:
     def conclude(self, text: str) -> None:
         """打印结论（应由本次的数字决定措辞）并记进 JSON。"""
         extra = [n for n in self.notes if n not in text]
-        full = text.strip() + ("\n" + "\n".join(extra) if extra else "")
+        full = tidy_spacing(text.strip()) + ("\n" + "\n".join(extra) if extra else "")
         if self.smoke:
             full = "（冒烟模式：步数极少、尺寸极小，下面的数字和结论都没有意义，只检查流程。）\n" + full
         self.conclusion = full

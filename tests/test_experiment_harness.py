@@ -140,13 +140,6 @@ def test_help_is_chinese_and_lists_common_options(capsys):
         assert needle in out, f"--help 里应有 {needle!r}：\n{out}"
 
 
-def test_script_help_runs_from_its_own_folder():
-    proc = subprocess.run([sys.executable, EXP1.name, "--help"], cwd=EXP1.parent, env=_env(),
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert "用法" in proc.stdout and "RMSNorm" in proc.stdout
-
-
 def test_impl_accepts_documented_choices_bug_and_paths(tmp_path):
     assert kx._impl_arg("exercises") == "exercises"
     assert kx._impl_arg("solutions") == "solutions"
@@ -181,9 +174,12 @@ def test_json_has_required_keys_and_is_strict(tmp_path, capsys):
 
 
 def test_full_mode_runs_several_seeds(tmp_path):
-    assert TinyExperiment.main(["--seed", "3", "--out-dir", str(tmp_path)]) == 0
+    before = torch.get_num_threads()
+    assert TinyExperiment.main(["--seed", "3", "--threads", "1", "--out-dir", str(tmp_path)]) == 0
+    assert torch.get_num_threads() == before   # 线程数在进程内调用后还原
     rec = json.loads((tmp_path / "exp_tiny.json").read_text(encoding="utf-8"))
     assert rec["mode"] == "full" and rec["seeds"] == [3, 4, 5]
+    assert rec["versions"]["torch_threads"] == 1 and rec["command"][-1] == str(tmp_path)
     assert "超过了种子间的波动" in rec["conclusion"]
 
 
@@ -239,13 +235,15 @@ def test_tinylm_style_error_is_one_line_exit_2(tmp_path, capsys):
     assert err.splitlines() == [err] and "还没实现" in err and "Traceback" not in err
 
 
-def test_exp1_script_with_stub_impl_exits_2_without_traceback(stub_file, tmp_path):
+def test_exp1_script_from_its_own_folder_with_stub_impl_exits_2_without_traceback(stub_file, tmp_path):
+    """真正的命令行：在脚本自己的文件夹里运行（验证开头的 sys.path 引导），学习者的组件还是桩。"""
     proc = subprocess.run(
-        [sys.executable, str(EXP1), "--impl", str(stub_file), "--smoke", "--out-dir", str(tmp_path / "out")],
-        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=60)
+        [sys.executable, EXP1.name, "--impl", str(stub_file), "--smoke", "--out-dir", str(tmp_path / "out")],
+        cwd=EXP1.parent, env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     err = proc.stderr.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1 and "RMSNorm" in err, err
+    assert proc.stdout == ""                      # 只有那一句话，没有别的输出
     assert not (tmp_path / "out").exists()
 
 

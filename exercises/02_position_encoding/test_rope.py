@@ -184,7 +184,7 @@ def test_rotate_half_definition(impl):
     J[h:, :h] = torch.eye(h, dtype=torch.float64)
     expected = (x.double() @ J.T).float()
     assert_close(out, expected, atol=1e-7, rtol=0,
-                 what="rotate_half(x) 应为 [−x2, x1]（x1、x2 是最后一维的前后两半）", section=HALF,
+                 what="rotate_half(x) 应为 [−x2, x1]（half-split：x1、x2 是最后一维的前后两半，相当于把每一对转 90°）", section=HALF,
                  module=MODULE, run=lambda ns: ns.rotate_half(x))
     twice = _call("rotate_half(rotate_half(x))", HALF, impl.rotate_half, out)
     assert_close(twice, -x, atol=1e-7, rtol=0, what="转两次 90° = 转 180°：rotate_half(rotate_half(x)) 应为 −x",
@@ -486,4 +486,4 @@ def test_gradcheck_float64(impl):
     fn = lambda a, b: _apply(impl, a, b, cos, sin)  # noqa: E731
     ok, detail = _numerical_vs_autograd(fn, (q, k))
     require(ok, f"float64 梯度检查失败：apply_rotary_pos_emb 的解析梯度与数值梯度不一致——{detail}"
-                "（前向里有 .detach()、.data 或原地修改？）", ROPE)
+                "（前向里有 .detach()、.data、原地修改，或者把 float64 降成了 float32？）", ROPE)

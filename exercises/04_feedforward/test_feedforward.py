@@ -309,9 +309,9 @@ def test_dropout_active_in_training(impl):
     require(same < 0.9,
             f"dropout=0.5、训练模式下输出应该被随机丢弃（约一半变化），实际 {same:.0%} 的元素与不加 dropout 时相同"
             "——FeedForward(dim, dropout=p) 要建一个 nn.Dropout(p) 并用在输出上", WHAT_IS)
-    out0 = _call(_runner(x, w, dropout=0.0, train=True), impl)
-    assert_close(out0, _swiglu_silu(x, w), **TOL[torch.float32],
-                 what="dropout=0、训练模式下（输出应等于公式）", section=WHAT_IS)
+    run0 = _runner(x, w, dropout=0.0, train=True)
+    assert_close(_call(run0, impl), _swiglu_silu(x, w), **TOL[torch.float32],
+                 what="dropout=0、训练模式下（输出应等于公式）", section=WHAT_IS, module=MODULE, run=run0)
 
 
 # ---------------------------------------------------------------- 5. 梯度

@@ -79,6 +79,10 @@ def moving_average(values, window: int) -> list:
 # 结论
 # ---------------------------------------------------------------------------------------------
 
+def _sp(text: str) -> str:
+    return text + (" " if text[-1:].isascii() else "")
+
+
 def steps_to_beat(run: dict, level: float):
     """第一次验证 loss 低于 level 的步数（一直没低于 → None）。"""
     for step, v in zip(run["val_steps"], run["val_losses"]):
@@ -149,7 +153,7 @@ def write_conclusion(results: dict, bench: dict, names: dict, n_seeds: int, step
                     text += ("，" if text else "") + f"{len(bs) - len(got)} 个种子到最后都没有"
                 return text
             parts.append(f"参照线：只按字符频率猜（不看上下文）的验证 loss 是 {unigram:.3f}。验证 loss 第一次比它低 0.1 的步数："
-                         f"{zh[best]} 在第 {when(beat[best])} 步，{zh['none']} 在第 {when(beat['none'])} 步"
+                         f"{_sp(zh[best])}在第 {when(beat[best])} 步，{_sp(zh['none'])}在第 {when(beat['none'])} 步"
                          "（越晚说明模型在“只会猜常见字符”的阶段卡得越久）。")
     else:
         verdict["none_vs_norm"] = "no-norm diverged"
@@ -163,7 +167,7 @@ def write_conclusion(results: dict, bench: dict, names: dict, n_seeds: int, step
              f"{zh['rmsnorm']} {rms:.3f} ms，比值 {ratio:.2f}")
     if "torch_rmsnorm" in bench:
         speed += f"（torch.nn.RMSNorm {bench['torch_rmsnorm']['median_ms']:.3f} ms）"
-    slower = f"慢了 {100 * (ratio - 1):.0f}%" if ratio < 2 else f"耗时是它的 {ratio:.1f} 倍"
+    slower = f"慢了 {100 * (ratio - 1):.0f}%" if ratio < 2 else f"慢，耗时是它的 {ratio:.1f} 倍"
     if ratio < 0.97:
         speed += f"：{zh['rmsnorm']} 快了 {100 * (1 - ratio):.0f}%，方向与论文一致：{PAPER_SPEEDUP}。"
     elif ratio <= 1.03:
@@ -203,7 +207,7 @@ class NormComparison(Experiment):
     requires = ("RMSNorm",)
 
     def add_arguments(self, parser):
-        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 150，完整 300）")
+        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 120，完整 300）")
         parser.add_argument("--lr", type=float, default=3e-3, help="学习率（默认 3e-3，不加 warmup）")
         parser.add_argument("--layers", type=int, default=4, help="层数（默认 4）")
         parser.add_argument("--dim", type=int, default=64, help="隐藏维度（默认 64）")
@@ -215,7 +219,7 @@ class NormComparison(Experiment):
         corpus = self.load_corpus()
         self.unigram = unigram_baseline(corpus)
         seeds = self.seeds(full=3, quick=1, smoke=1)
-        steps = self.args.steps or self.by_mode(smoke=4, quick=150, full=300)
+        steps = self.args.steps or self.by_mode(smoke=4, quick=120, full=300)
         dim = self.by_mode(smoke=32, quick=self.args.dim, full=self.args.dim)
         layers = self.by_mode(smoke=2, quick=self.args.layers, full=self.args.layers)
         batch, seq_len = self.by_mode(smoke=(4, 32), quick=(32, 64), full=(32, 64))
@@ -251,7 +255,7 @@ class NormComparison(Experiment):
 
         # 计时
         bshape = self.by_mode(smoke=(4, 16, 64), quick=(32, 128, 512), full=(32, 128, 512))
-        repeats = self.by_mode(smoke=3, quick=30, full=100)
+        repeats = self.by_mode(smoke=3, quick=20, full=60)
         RMSNorm = self.component("RMSNorm")
         mods = {"layernorm": nn.LayerNorm(bshape[-1]), "rmsnorm": RMSNorm(bshape[-1])}
         if hasattr(nn, "RMSNorm"):

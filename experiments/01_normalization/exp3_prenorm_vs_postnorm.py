@@ -138,11 +138,16 @@ def write_conclusion(grads: dict, runs: dict, depths: list, unigram: float, lr: 
     if multi and frac[deepest] > frac[shallowest]:
         parts.append("层数越多，Post-LN 失败（发散或停在字频水平）的种子越多：" +
                      "，".join(f"{d} 层 {round(frac[d] * len(runs[(d, 'post')]))}/{len(runs[(d, 'post')])}" for d in depths) + "。")
+    xiong = ("与 Xiong 等（2020）的结论方向一致：不加 warmup 时 Post-LN 比 Pre-LN 难训练"
+             "（他们的解释是初始化时靠近输出的梯度太大，所以 Post-LN 需要 warmup，Pre-LN 不需要）")
     if deepest in post_worse_at and shallowest not in post_worse_at:
-        parts.append(f"同一个学习率下，{shallowest} 层的 Post-LN 训练正常，加深到 {deepest} 层就明显不行了，而 Pre-LN 两种深度都能训练："
-                     "这正是 Xiong 等（2020）说的“Post-LN 需要 warmup，Pre-LN 不用 warmup 也能训练”，而且层数越多越明显。")
+        parts.append(f"同一个学习率下，{shallowest} 层的 Post-LN 训练正常，加深到 {deepest} 层就明显不行了，"
+                     f"而 Pre-LN 两种深度都能训练：{xiong}，而且层数越多越明显。")
+        if verdict["train"].get(f"{shallowest}L") == "post better":
+            parts.append(f"注意 {shallowest} 层时 Post-LN 反而比 Pre-LN 好：Post-LN 的毛病是不稳定（加深或学习率变大就训不动），"
+                         "而不是只要训练得起来就一定差。")
     elif post_worse_at:
-        parts.append(f"Post-LN 在 {', '.join(map(str, post_worse_at))} 层时都比 Pre-LN 差，与 Xiong 等（2020）的结论方向一致。")
+        parts.append(f"Post-LN 在 {', '.join(map(str, post_worse_at))} 层时比 Pre-LN 差，{xiong}。")
     else:
         parts.append("与预期不一致：在这个学习率和步数下，Post-LN 并没有比 Pre-LN 差。"
                      "模型小、学习率不高时问题不一定暴露；试试更大的 --lr（例如 2e-2）或更深的 --depths。")
@@ -179,7 +184,7 @@ class PreVsPostNorm(Experiment):
         parser.add_argument("--depths", type=int, nargs="+", default=None, metavar="L",
                             help="比较哪些层数（默认 6 12）")
         parser.add_argument("--lr", type=float, default=1e-2, help="学习率（默认 1e-2，所有变体相同，不加 warmup）")
-        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 100，完整 120）")
+        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 80，完整 120）")
         parser.add_argument("--warmup-arm", action="store_true",
                             help="加跑一个对照：最深的 Post-LN 加上 warmup（前一半步数线性升温），其余完全相同")
 
@@ -193,7 +198,7 @@ class PreVsPostNorm(Experiment):
         depths = sorted(set(depths))
         if len(depths) < 2:
             raise UsageError("--depths 至少要给两个不同的层数，例如 --depths 6 12")
-        steps = self.args.steps or self.by_mode(smoke=3, quick=100, full=120)
+        steps = self.args.steps or self.by_mode(smoke=3, quick=80, full=120)
         dim = self.by_mode(smoke=32, quick=64, full=64)
         batch, seq_len = self.by_mode(smoke=(4, 32), quick=(32, 64), full=(32, 64))
         eval_every = max(1, steps // self.by_mode(smoke=1, quick=10, full=10))
@@ -268,7 +273,8 @@ class PreVsPostNorm(Experiment):
         if not self.smoke and len(seeds) == 1:
             text += "\n快速模式只跑了 1 个种子；去掉 --quick 会跑 3 个种子。"
         if not warmup_arm:
-            text += "\n想看 warmup 能不能救回 Post-LN：加上 --warmup-arm（会多跑最深的 Post-LN + warmup）。"
+            text += ("\n本次没有检验 warmup 能不能救回 Post-LN；想看，加上 --warmup-arm"
+                     "（会多跑一组“最深的 Post-LN + warmup”，其余完全相同）。")
         self.conclude(text)
         return {
             "unigram_baseline_val_loss": unigram,
