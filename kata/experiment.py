@@ -639,6 +639,7 @@ class Experiment:
     def _execute(self) -> dict:
         started = _dt.datetime.now().astimezone()
         self._t0 = time.perf_counter()
+        cpu0 = time.process_time()
         for name in self.requires:  # 先检查组件：还没实现时只输出那一句话
             obj = check_component(name, self.impl)
             self.record_provenance({name: self._provenance_of(name, obj)})
@@ -668,6 +669,8 @@ class Experiment:
             "notes": self.notes,
             "figures": self.figures,
             "wall_time_s": round(wall, 3),
+            # 本进程用掉的 CPU 时间：机器很忙时 wall time 会被拉长，CPU 时间更接近“空闲机器上要多久”
+            "cpu_time_s": round(time.process_time() - cpu0, 3),
             "started_at": started.isoformat(timespec="seconds"),
             "versions": environment_info(self.device),
             "command": getattr(self, "_command", None),

@@ -25,7 +25,7 @@ EXP_DIR = REPO_ROOT / "experiments" / "01_normalization"
 EXP1 = EXP_DIR / "exp1_gradient_vanishing.py"
 REQUIRED_KEYS = {
     "experiment", "module", "mode", "status", "config", "seed", "seeds", "impl", "provenance", "dataset",
-    "metrics", "conclusion", "figures", "wall_time_s", "versions",
+    "metrics", "conclusion", "figures", "wall_time_s", "cpu_time_s", "versions",
 }
 STUB = '''
 import torch

@@ -7,7 +7,6 @@ block.py + model.py：在参考实现的源码上改一两行（model.py 用的�
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 

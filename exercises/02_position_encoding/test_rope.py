@@ -154,11 +154,12 @@ def test_defaults_match_minimind(impl):
     rows = [0, 1, 2, 100, 1000]
     angle = torch.tensor(rows + [32767], dtype=torch.float64)[:, None] * _theta64(64, 1e6)[None, :]
     ref = torch.stack([torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)])   # [2, 6, 64]
-    run = lambda ns: torch.stack(ns.precompute_freqs_cis(64))[:, rows]  # noqa: E731
-    assert_close(torch.stack([cos, sin])[:, rows].double(), ref[:, :-1], **TOL["table"],
+    # 诊断（与 bug bank 比对）只需要前 1001 行：不必让每个错误实现都算一遍 32768 行的表
+    run = lambda ns: torch.stack(ns.precompute_freqs_cis(64, end=1001, rope_base=1e6))[:, rows]  # noqa: E731
+    assert_close(torch.stack([cos[rows], sin[rows]]).double(), ref[:, :-1], **TOL["table"],
                  check_dtype=False, what="默认 rope_base=1e6 时第 0/1/2/100/1000 行的 [cos, sin] 与公式 "
                  "θ_i = 1e6^(−2i/64) 对比", section=FREQ, module=MODULE, run=lambda ns: run(ns).double())
-    assert_close(torch.stack([cos, sin])[:, -1].double(), ref[:, -1], **TOL["table_far"],
+    assert_close(torch.stack([cos[-1], sin[-1]]).double(), ref[:, -1], **TOL["table_far"],
                  check_dtype=False, what="位置 32767（表的最后一行）的 [cos, sin] 与 float64 公式对比"
                  "（位置要用能精确表示整数的类型，例如 float32 的 arange，不能是 float16）", section=FREQ)
 

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -722,3 +723,27 @@ def test_attention_gradcheck_float64(impl):
     out.square().sum().backward()
     missing = [n for n, p in attn.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     require(not missing, f"反向传播后这些参数没有（有限的）梯度：{missing}——计算图在某处断了", ATTN)
+
+
+# ================================================================ 报错也要说人话
+
+def _clean_errors(test):
+    """你的代码在测试中途抛了异常（多半是形状不对）：给一行中文说明，而不是一长串 traceback。"""
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        try:
+            return test(*args, **kwargs)
+        except NotImplementedError:
+            raise  # conftest 会把它变成那一行“还没实现：…”
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            pytest.fail(f"运行你的实现时抛出了 {type(exc).__name__}：{first}\n"
+                        "  多半是某一步的形状不对（对照 teaching.md §4.2 括号里每一步的形状），"
+                        "或者在错误的维度上拼接 / 转置 / view。\n"
+                        f"  → 见 {VERIFY}", pytrace=False)
+    return wrapper
+
+
+for _name, _test in list(globals().items()):
+    if _name.startswith("test_") and callable(_test):
+        globals()[_name] = _clean_errors(_test)

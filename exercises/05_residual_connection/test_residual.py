@@ -193,10 +193,10 @@ def test_matches_float64_formula(impl, kind, shape_dim, seed, log_scale):
 
 # ---------------------------------------------------------------- 4. 性质
 
-@given(seed=seeds, log_scale=st.floats(-3.0, 3.0))
-def test_pre_zero_sublayer_is_identity(impl, seed, log_scale):
+@pytest.mark.parametrize("log_scale", [-3.0, 0.0, 3.0])
+def test_pre_zero_sublayer_is_identity(impl, log_scale):
     # 子层输出恒为 0（权重、bias 全 0）：x + 0 = x，必须逐位相等，无论 x 多大多小
-    x, w, _ = _make((2, 3), 10, seed, log_scale)
+    x, w, _ = _make((2, 3), 10, seed=4, log_scale=log_scale)
     zero = Sublayer(10, zero=True)
     run = _runner("pre", x, zero, w)
     assert_close(run(impl), x, atol=0.0, rtol=0.0,
@@ -213,10 +213,10 @@ def test_post_zero_sublayer_is_just_the_norm(impl):
                  module=MODULE, run=run)
 
 
-@given(seed=seeds, log_scale=st.floats(-1.0, 3.0))
-def test_post_output_is_normalised(impl, seed, log_scale):
+@pytest.mark.parametrize("log_scale", [-1.0, 1.0, 3.0])
+def test_post_output_is_normalised(impl, log_scale):
     # weight 全 1 时，Post-Norm 的输出（下一层的残差流）每个 token 的均方根都应 ≈ 1，不管输入多大
-    x, _, sub = _make((3, 4), 16, seed, log_scale)
+    x, _, sub = _make((3, 4), 16, seed=7, log_scale=log_scale)
     run = _runner("post", x, sub, torch.ones(16), eps=1e-8)
     out = run(impl)
     rms = _rms(out)

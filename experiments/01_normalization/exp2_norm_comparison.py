@@ -146,14 +146,16 @@ def write_conclusion(results: dict, bench: dict, names: dict, n_seeds: int, step
         level = unigram - 0.1
         beat = {v: [steps_to_beat(r, level) for r in results[v]] for v in ("none", best)}
         if all(b is not None for b in beat[best]):
-            def when(bs):
+            def when(name, bs):
                 got = [b for b in bs if b is not None]
-                text = "、".join(map(str, got)) if got else ""
+                if not got:
+                    return f"{_sp(name)}到训练结束都没有做到"
+                text = f"{_sp(name)}在第 {'、'.join(map(str, got))} 步"
                 if len(got) < len(bs):
-                    text += ("，" if text else "") + f"{len(bs) - len(got)} 个种子到最后都没有"
+                    text += f"（另有 {len(bs) - len(got)} 个种子到训练结束都没有做到）"
                 return text
-            parts.append(f"参照线：只按字符频率猜（不看上下文）的验证 loss 是 {unigram:.3f}。验证 loss 第一次比它低 0.1 的步数："
-                         f"{_sp(zh[best])}在第 {when(beat[best])} 步，{_sp(zh['none'])}在第 {when(beat['none'])} 步"
+            parts.append(f"参照线：只按字符频率猜（不看上下文）的验证 loss 是 {unigram:.3f}。验证 loss 第一次比它低 0.1："
+                         f"{when(zh[best], beat[best])}，{when(zh['none'], beat['none'])}"
                          "（越晚说明模型在“只会猜常见字符”的阶段卡得越久）。")
     else:
         verdict["none_vs_norm"] = "no-norm diverged"

@@ -138,16 +138,16 @@ def write_conclusion(grads: dict, runs: dict, depths: list, unigram: float, lr: 
     if multi and frac[deepest] > frac[shallowest]:
         parts.append("层数越多，Post-LN 失败（发散或停在字频水平）的种子越多：" +
                      "，".join(f"{d} 层 {round(frac[d] * len(runs[(d, 'post')]))}/{len(runs[(d, 'post')])}" for d in depths) + "。")
-    xiong = ("与 Xiong 等（2020）的结论方向一致：不加 warmup 时 Post-LN 比 Pre-LN 难训练"
+    xiong = ("这与 Xiong 等（2020）的结论方向一致——不加 warmup 时 Post-LN 比 Pre-LN 难训练"
              "（他们的解释是初始化时靠近输出的梯度太大，所以 Post-LN 需要 warmup，Pre-LN 不需要）")
     if deepest in post_worse_at and shallowest not in post_worse_at:
         parts.append(f"同一个学习率下，{shallowest} 层的 Post-LN 训练正常，加深到 {deepest} 层就明显不行了，"
-                     f"而 Pre-LN 两种深度都能训练：{xiong}，而且层数越多越明显。")
+                     f"而 Pre-LN 两种深度都能训练。{xiong}；而且层数越多越明显。")
         if verdict["train"].get(f"{shallowest}L") == "post better":
             parts.append(f"注意 {shallowest} 层时 Post-LN 反而比 Pre-LN 好：Post-LN 的毛病是不稳定（加深或学习率变大就训不动），"
                          "而不是只要训练得起来就一定差。")
     elif post_worse_at:
-        parts.append(f"Post-LN 在 {', '.join(map(str, post_worse_at))} 层时比 Pre-LN 差，{xiong}。")
+        parts.append(f"Post-LN 在 {', '.join(map(str, post_worse_at))} 层时比 Pre-LN 差。{xiong}。")
     else:
         parts.append("与预期不一致：在这个学习率和步数下，Post-LN 并没有比 Pre-LN 差。"
                      "模型小、学习率不高时问题不一定暴露；试试更大的 --lr（例如 2e-2）或更深的 --depths。")

@@ -110,7 +110,7 @@ def write_conclusion(per_seed: list, n_layers: int, n_heads: int, unigram: float
                      + ("：这种分工不是偶然。" if len(with_prev) == len(per_seed) else "：并不是每次都出现，说明它依赖训练长度和初始化。"))
     elif not with_prev:
         parts.append("这次没有哪个头把一半以上的权重给前一个 token；试试更多 --steps"
-                     + ("（或去掉 --quick）" if steps < 800 else "") + "，或者换几个 --seed。")
+                     + ("（或去掉 --quick）" if steps < 500 else "") + "，或者换几个 --seed。")
     return "\n".join(parts), verdict
 
 
@@ -125,7 +125,7 @@ class AttentionBasics(Experiment):
     requires = ("scaled_dot_product_attention",)
 
     def add_arguments(self, parser):
-        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 200，完整 800）")
+        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 200，完整 500）")
         parser.add_argument("--layers", type=int, default=4, help="层数（默认 4）")
         parser.add_argument("--heads", type=int, default=4, help="每层的头数（默认 4）")
         parser.add_argument("--dim", type=int, default=64, help="隐藏维度（默认 64）")
@@ -140,7 +140,7 @@ class AttentionBasics(Experiment):
         sdpa = self.component("scaled_dot_product_attention")
         weights_fn = weights_from_sdpa(sdpa)
         seeds = self.seeds(full=3, quick=1, smoke=1)
-        steps = self.args.steps or self.by_mode(smoke=3, quick=200, full=800)
+        steps = self.args.steps or self.by_mode(smoke=3, quick=200, full=500)
         layers = self.by_mode(smoke=2, quick=self.args.layers, full=self.args.layers)
         heads = self.by_mode(smoke=2, quick=self.args.heads, full=self.args.heads)
         dim = self.by_mode(smoke=16, quick=self.args.dim, full=self.args.dim)

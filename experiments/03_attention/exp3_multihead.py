@@ -1,6 +1,6 @@
 """实验 3：为什么要多头？——1 / 2 / 4 / 8 个头（参数量相同），以及“去掉一个头会怎样”。
 
-A. dim=64 固定，头数 1 / 2 / 4 / 8（head_dim = 64 / 32 / 16 / 8）。q/k/v/o 投影都是 64×64，
+A. dim=64、2 层固定，头数 1 / 2 / 4 / 8（head_dim = 64 / 32 / 16 / 8）。q/k/v/o 投影都是 64×64，
    所以四个模型的参数量完全一样，只差“把 64 维切成几份各自做注意力”。比较验证 loss
    （Vaswani et al. 2017 Table 3 row A：1 个头比 8 个头差）。
 B. 在训练好的 4 头模型上，每次把一个头的输出置零（softmax·v 之后、o_proj 之前），看验证 loss 涨多少；
@@ -143,13 +143,14 @@ class MultiHead(Experiment):
     module = "03_attention"
     title = "实验 3：为什么要多头？（1/2/4/8 个头，参数量相同；再逐个去掉头）"
     description = (
-        "A：dim=64 的 4 层小模型，头数 1/2/4/8（参数量相同），在 TinyShakespeare 上比较验证 loss（完整模式 3 个种子）。\n"
+        "A：dim=64 的 2 层小模型，头数 1/2/4/8（参数量相同），在 TinyShakespeare 上比较验证 loss（完整模式 3 个种子）。\n"
         "B：在训练好的 4 头模型上逐个把头置零，测验证 loss 的变化；再一次去掉 25%/50% 的头。对应 teaching.md §3.1。"
     )
     requires = ("scaled_dot_product_attention",)
 
     def add_arguments(self, parser):
-        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 120，完整 250）")
+        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 200，完整 400）")
+        parser.add_argument("--layers", type=int, default=2, help="层数（默认 2：层少时“一个头只能看一处”的限制更明显，也更快）")
         parser.add_argument("--lr", type=float, default=3e-3, help="学习率（默认 3e-3）")
         parser.add_argument("--threshold", type=float, default=0.01,
                             help="“去掉后几乎没影响”的阈值：验证 loss 上升小于它（默认 0.01 nats）")
@@ -161,10 +162,10 @@ class MultiHead(Experiment):
         corpus = self.load_corpus()
         unigram = unigram_baseline(corpus)
         seeds = self.seeds(full=3, quick=1, smoke=1)
-        steps = self.args.steps or self.by_mode(smoke=3, quick=120, full=250)
+        steps = self.args.steps or self.by_mode(smoke=3, quick=200, full=400)
         batch, seq_len = self.by_mode(smoke=(4, 32), quick=(16, 64), full=(16, 64))
         dim = self.by_mode(smoke=32, quick=64, full=64)
-        layers = self.by_mode(smoke=2, quick=4, full=4)
+        layers = self.by_mode(smoke=2, quick=self.args.layers, full=self.args.layers)
         head_counts = self.by_mode(smoke=[1, 4], quick=[1, 2, 4, 8], full=[1, 2, 4, 8])
         ablate_heads = 4
         eval_iters = self.by_mode(smoke=2, quick=8, full=10)

@@ -19,8 +19,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from _attention_tools import default_one_thread, rope_tables  # noqa: E402
-from kata.experiment import (ComponentNotImplemented, Experiment, compare_means, describe_gap,  # noqa: E402
-                             fmt_mean_std, not_implemented_sentence, summarize)
+from kata.experiment import (ComponentNotImplemented, Experiment, check_component, compare_means,  # noqa: E402
+                             describe_gap, fmt_mean_std, not_implemented_sentence, summarize)
 from kata.plots import label, new_figure, plot_loss_curves  # noqa: E402
 
 AINSLIE = ("Ainslie et al. 2023（GQA）Table 1，T5-XXL：MHA 每个样本推理 1.51 s、平均分 47.2；MQA 0.24 s、46.6；"
@@ -47,9 +47,10 @@ def check_attention(impl: str):
             raise ValueError("输出形状或 present 不对")
     except NotImplementedError as exc:
         msg = str(exc)
-        if "03_attention" not in msg and impl == "exercises" and "还没实现" in msg:
+        if "03_attention" not in msg and "还没实现" in msg:  # 是 Attention 用到的 RMSNorm / RoPE 还没实现
             where = msg.split("·")[0].replace("还没实现：", "").strip()
-            sentence = (f"你的 Attention 用到的组件还没实现（{where} 仍在抛出 NotImplementedError）：先完成它，"
+            who = "你的 Attention" if impl == "exercises" else f"--impl {impl} 里的 Attention"
+            sentence = (f"{who} 用到的组件还没实现（{where} 仍在抛出 NotImplementedError）：先完成它，"
                         "或者加上 --impl solutions 先用参考实现运行这个实验。")
         else:
             sentence = not_implemented_sentence("Attention", impl)
@@ -237,15 +238,23 @@ def write_conclusion(variants, results, n_params, bytes_info, checks, speed, noc
     parts.append(f"C. MiniMind2 尺寸的一层（dim 512，8 个 query 头）解码一步，上下文 {short} → {ctx}：" + "；".join(
         f"KV 头 {k}：{runs[k]['short_median_ms']:.2f} → {runs[k]['median_ms']:.2f} ms（cache {fmt_bytes(runs[k]['cache_bytes_fp32'])}）"
         for k in kvs) + "。上下文变长多出来的时间，就是读（和复制）KV cache 的代价。")
+    copies = big["repeat_kv_copies"]
     if grow[kvs[0]] <= 0:
         parts.append("这次上下文变长几乎没有增加耗时（机器太忙或上下文不够长），看不出 KV 头数的影响；试试更大的 --context。")
-    elif grow[kvs[-1]] < 0.7 * grow[kvs[0]]:
-        parts.append(f"KV 头从 {kvs[0]} 减到 {kvs[-1]}，随上下文增长的那部分耗时从 {grow[kvs[0]]:.2f} ms 降到 {grow[kvs[-1]]:.2f} ms："
-                     "cache 越小，每步要搬的数据越少——这就是 GQA / MQA 在长上下文推理时省下的时间。")
     else:
-        parts.append(f"KV 头从 {kvs[0]} 减到 {kvs[-1]}，cache 小了 {int(kvs[0]) // int(kvs[-1])} 倍，但随上下文增长的耗时只从 "
-                     f"{grow[kvs[0]]:.2f} ms 变成 {grow[kvs[-1]]:.2f} ms：minimind 式的 repeat_kv 每一步都把 KV 头复制回 n_heads 份"
-                     "（expand + reshape 会真正拷贝内存），省下的读取又花在了复制上。要把省下的带宽变成速度，需要能直接读共享 KV 头的内核"
+        rel = {k: grow[k] / grow[kvs[0]] for k in kvs[1:]}
+        verdict["big_step_growth_relative_to_mha"] = rel
+        parts.append("相对 MHA，随上下文增长的那部分耗时：" + "，".join(f"KV 头 {k} 是 {rel[k]:.2f} 倍" for k in kvs[1:]) + "。")
+        for k in kvs[1:]:
+            if copies[k] and rel[k] > 0.7:
+                parts.append(f"KV 头 {k}：cache 小了 {int(kvs[0]) // int(k)} 倍，这一步却没快多少——你的 repeat_kv 在这里真正复制了内存"
+                             "（输出不和输入共享存储），每一步都把 cache 复制回 8 个头，省下的读取又花在了复制上。")
+            elif not copies[k] and rel[k] < 0.7:
+                parts.append(f"KV 头 {k}：repeat_kv 的 expand + reshape 得到的是一个不拷贝的视图（复制出来的那一维步长为 0），"
+                             "没有多余的复制，省下的内存流量直接变成了速度。")
+            elif rel[k] < 0.7:
+                parts.append(f"KV 头 {k}：虽然 repeat_kv 复制了内存，随上下文增长的耗时仍然降到了 MHA 的 {rel[k]:.2f} 倍。")
+        parts.append("要让所有 GQA 配置都把省下的带宽变成速度，需要能直接读共享 KV 头、不做复制的内核"
                      "（例如 F.scaled_dot_product_attention 的 enable_gqa=True、FlashAttention）；省显存这一点则无论如何都成立。")
     if not multi:
         parts.append("这次只跑了 1 个种子，A 部分的 loss 差距是否超过随机波动无法判断；完整模式（不加 --quick）会跑 3 个种子。")
@@ -263,21 +272,31 @@ class GQAExperiment(Experiment):
     requires = ("scaled_dot_product_attention", "repeat_kv")
 
     def add_arguments(self, parser):
-        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 120，完整 250）")
+        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 200，完整 400）")
+        parser.add_argument("--layers", type=int, default=2, help="层数（默认 2）")
         parser.add_argument("--lr", type=float, default=3e-3, help="学习率（默认 3e-3）")
         parser.add_argument("--context", type=int, default=None, help="C 部分的上下文长度（默认：快速 1024，完整 2048）")
+
+    def execute(self):
+        # 在打印标题之前先试跑 Attention：还没实现时只输出那一句话（顺序：先注意力函数、repeat_kv，再 Attention）
+        if self.args is None:
+            self.args = self.build_parser().parse_args([])
+        for name in self.requires:
+            check_component(name, self.impl)
+        self._attention_cls = check_attention(self.impl)
+        return super().execute()
 
     def run(self):
         from kata.tinylm import TinyLMConfig, build_tiny_lm, count_parameters, train_lm
 
         threads = default_one_thread(self)
-        Attention = check_attention(self.impl)
+        Attention = getattr(self, "_attention_cls", None) or check_attention(self.impl)
         self.record_provenance({"Attention": self._provenance_of("Attention", Attention)})
         corpus = self.load_corpus()
         seeds = self.seeds(full=3, quick=1, smoke=1)
-        steps = self.args.steps or self.by_mode(smoke=3, quick=120, full=250)
+        steps = self.args.steps or self.by_mode(smoke=3, quick=200, full=400)
         batch, seq_len = self.by_mode(smoke=(4, 32), quick=(16, 64), full=(16, 64))
-        dim, layers, heads = self.by_mode(smoke=(32, 2, 8), quick=(64, 4, 8), full=(64, 4, 8))
+        dim, layers, heads = self.by_mode(smoke=(32, 2, 8), quick=(64, self.args.layers, 8), full=(64, self.args.layers, 8))
         kv_list = (heads, 2, 1)
         variants = [{"key": f"kv{kv}", "kv": kv,
                      "name": {heads: "MHA", 1: "MQA"}.get(kv, f"GQA（{kv} 个 KV 头）"),
@@ -348,7 +367,13 @@ class GQAExperiment(Experiment):
         for r in big_runs.values():
             r["median_ms"] = statistics.median(r["samples_ms"])
             r["short_median_ms"] = statistics.median(r["short_samples_ms"])
-        big = {"context": context, "short_context": short, "runs": big_runs}
+        rk = self.component("repeat_kv")
+        copies = {}
+        for kv in (8, 2, 1):  # 你的 repeat_kv 是真的复制了内存，还是返回了一个视图？
+            x = torch.randn(1, 4, kv, 64)
+            y = rk(x, 8 // kv)
+            copies[str(kv)] = y.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+        big = {"context": context, "short_context": short, "runs": big_runs, "repeat_kv_copies": copies}
 
         rows = []
         for v in variants:

@@ -164,8 +164,8 @@ class FFNRole(Experiment):
 
         # 2) 参数量相当：12 层纯注意力
         pd = paired(ffn.runs, deep.runs)
-        parts.append(describe_gap(lf, ld, ffn.zh, deep.zh, spread_note=multi)
-                     + f"（参数量 {deep.n_params:,} vs {ffn.n_params:,}）")
+        parts.append(describe_gap(lf, ld, ffn.zh, deep.zh, spread_note=multi).rstrip("。")
+                     + f"；两者的参数量 {deep.n_params:,} vs {ffn.n_params:,}。")
         if math.isfinite(pd["mean"]) and pd["mean"] > 0.01 and pd["same_sign"] is not False:
             verdict["matched_params"] = "FFN better per parameter"
             parts.append(f"把同样多的参数花在更多注意力层上，并没有换回 FFN 的效果，而且 {deep.cfg['n_layers']} 层的前向更慢："

@@ -123,7 +123,7 @@ class ExpansionRatio(Experiment):
         first, last = variants[0], variants[-1]
         p_ends = paired(first.runs, last.runs)
         drop = -p_ends["mean"]
-        parts.append(f"从 {first.zh} 到 {last.zh}，总参数从 {first.n_params:,} 增加到 {last.n_params:,}"
+        parts.append(f"从 {first.zh}到 {last.zh}，总参数从 {first.n_params:,} 增加到 {last.n_params:,}"
                      f"（×{last.n_params / first.n_params:.1f}），验证 loss 从 {means[0]:.3f} 变到 {means[-1]:.3f}"
                      f"（{'下降' if drop > 0 else '上升'} {abs(drop):.3f}）。"
                      f"参数量与 loss 的秩相关 ρ = {rho:+.2f}（−1 表示严格地越宽越好）。")
@@ -147,8 +147,8 @@ class ExpansionRatio(Experiment):
         verdict["diminishing_returns"] = diminishing
         parts.append("总参数每翻一倍，loss 下降多少（负数 = 反而上升）：" + "，".join(
             f"{va.en.split(' ')[0]}→{vb.en.split(' ')[0]} {g:+.3f}" for g, va, vb in zip(gains, variants, variants[1:]))
-            + (f"。前两段平均 {early:+.3f}，后两段平均 {late:+.3f}：收益在递减。8/3× 再往上加宽，多出来的参数和计算量"
-               "（看表里的 tokens/s）换回的 loss 越来越少——这是 minimind 停在 8/3（或 π）而不是更宽的理由之一。"
+            + (f"。前两段平均 {early:+.3f}，后两段平均 {late:+.3f}：收益在递减。8/3× 再往上加宽，多出来的参数"
+               "（以及与之成正比的每个 token 的计算量）换回的 loss 越来越少——这是 minimind 停在 8/3（或 π）而不是更宽的理由之一。"
                if diminishing else f"。前两段平均 {early:+.3f}，后两段平均 {late:+.3f}：本次没有看到收益递减。"))
         if multi:
             p84 = paired(variants[2].runs, variants[3].runs)

@@ -41,6 +41,7 @@ def collect_coefficients(model, corpus, *, n_seqs: int, seq_len: int, batch: int
     """在验证集上跑模型，用 forward pre-hook 读出每层 mlp.down_proj 的输入（FFN 的系数 m）。
 
     返回 x [N, S]（输入字符）、y [N, S]（下一个字符）、coeffs：每层一个 [N·S, H] 的张量。
+    文本取自验证集上等间距、互不重叠的 N 段，每个位置只出现一次。
     """
     blocks = [b for b in model.blocks if getattr(b, "mlp", None) is not None]
     store = {i: [] for i in range(len(blocks))}
@@ -55,17 +56,16 @@ def collect_coefficients(model, corpus, *, n_seqs: int, seq_len: int, batch: int
         handles.append(down.register_forward_pre_hook(hook))
     was_training = model.training
     model.eval()
-    g = torch.Generator().manual_seed(2024)
-    xs, ys = [], []
+    # 验证集上等间距、互不重叠的 n_seqs 段（随机取段会有重叠，同一个位置被数两次，统计就偏了）
+    val = corpus.val_ids
+    stride = max(seq_len + 1, (len(val) - seq_len - 1) // n_seqs)
+    n_seqs = min(n_seqs, (len(val) - seq_len - 1) // stride + 1)
+    starts = torch.arange(n_seqs) * stride
+    idx = starts[:, None] + torch.arange(seq_len)
+    X, Y = val[idx], val[idx + 1]
     try:
-        done = 0
-        while done < n_seqs:
-            bs = min(batch, n_seqs - done)
-            x, y = corpus.get_batch("val", bs, seq_len, generator=g, device=device)
-            model(x)
-            xs.append(x.cpu())
-            ys.append(y.cpu())
-            done += bs
+        for b in range(0, n_seqs, batch):
+            model(X[b:b + batch].to(device))
     finally:
         for h in handles:
             h.remove()
@@ -73,7 +73,7 @@ def collect_coefficients(model, corpus, *, n_seqs: int, seq_len: int, batch: int
     if any(not v for v in store.values()):
         raise UsageError("实验 4 没有读到 down_proj 的输入：你的 FeedForward.forward 需要调用 self.down_proj(...)"
                          "（而不是直接用它的 weight），forward hook 才能挂上。")
-    return {"x": torch.cat(xs), "y": torch.cat(ys), "coeffs": [torch.cat(store[i]) for i in range(len(blocks))]}
+    return {"x": X, "y": Y, "coeffs": [torch.cat(store[i]) for i in range(len(blocks))]}
 
 
 @torch.no_grad()
@@ -175,7 +175,6 @@ class KeyValueMemory(Experiment):
         x, y = data["x"], data["y"]
         N = x.numel()
         dec = corpus.tokenizer.decode
-        flat_x = x.reshape(-1)
         rng = torch.Generator().manual_seed(self.seed + 7)
         per_layer, examples = [], []
         for layer, coeffs in enumerate(data["coeffs"]):

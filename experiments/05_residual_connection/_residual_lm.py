@@ -198,4 +198,8 @@ def moving_average(values, window: int) -> list:
 
 
 def impl_label(impl: str) -> str:
-    return {"exercises": "你的 PreNormResidual", "solutions": "参考 PreNormResidual"}.get(impl, f"PreNormResidual（{impl}）")
+    """“由___包起来”里填的那几个字。"""
+    if impl.startswith("bug:"):
+        return f" bug bank 里的错误实现『{impl[4:]}』"
+    return {"exercises": "你的 PreNormResidual", "solutions": "参考 PreNormResidual"}.get(
+        impl, f"你指定的 PreNormResidual（{impl}）")

@@ -19,7 +19,7 @@ import statistics  # noqa: E402
 import torch  # noqa: E402
 
 from kata.experiment import Experiment, UsageError, pad, unigram_baseline  # noqa: E402
-from kata.plots import new_figure, plot_gradient_flow, plot_loss_curves  # noqa: E402
+from kata.plots import label, new_figure, plot_gradient_flow, plot_loss_curves  # noqa: E402
 from _residual_lm import (ARM_NAMES, VANISHED_RMS, build_model, first_vanished_layer, impl_label,  # noqa: E402
                           init_probe, load_residual, moving_average)
 
@@ -165,7 +165,7 @@ class WithVsWithout(Experiment):
                     print("模型各部件的来源（你还没写完的部件来自参考实现）：")
                     for k, v in prov.items():
                         print(f"  {k} ← {v}")
-                    print(f"“有残差”一组的每个子层都由{impl_label(self.impl)}包起来；“无残差”一组用同样的 norm 和子层，只是不加回 x。")
+                    print(f"“有残差”一组的每个子层都由{impl_label(self.impl)} 包起来；“无残差”一组用同样的 norm 和子层，只是不加回 x。")
                     printed = True
                 self.record_provenance({f"tinylm[{key(arm, d)}]": prov})
                 probes[(arm, d)] = init_probe(model, corpus, batch_size=probe_batch, seq_len=seq_len, seed=seed)
@@ -276,39 +276,57 @@ class WithVsWithout(Experiment):
         return "\n".join(parts), verdict
 
     def _plots(self, depths, arms, train_arms, probes, grads, runs, unigram):
+        from matplotlib.lines import Line2D
+
         colors = {"res": "C0", "plain": "C3", "plain_varinit": "C1"}
         lstyle = {d: ls for d, ls in zip(depths, (":", "--", "-", "-."))}
-        fig, axes = new_figure(1, 3, width=5.6, height=4.4)
-        cos_series, rms_styles = {}, {}
-        for (arm, d), p in probes.items():
-            name = (f"{ARM_NAMES[arm][0]} {d}L", f"{ARM_NAMES[arm][1]} {d}L")
-            cos_series[name] = p.cosine
-            rms_styles[name] = {"color": colors[arm], "linestyle": lstyle.get(d, "-")}
-        plot_gradient_flow(cos_series, ax=axes[0, 0], log=False, styles=rms_styles,
+        fig, axes = new_figure(1, 3, width=5.4, height=4.4)
+
+        def style(arm, d):
+            return {"color": colors[arm], "linestyle": lstyle.get(d, "-")}
+
+        def name(arm, d):
+            return (f"{ARM_NAMES[arm][0]} {d}L", f"{ARM_NAMES[arm][1]} {d}L")
+
+        plot_gradient_flow({name(a, d): p.cosine for (a, d), p in probes.items()}, ax=axes[0, 0], log=False,
+                           styles={name(a, d): style(a, d) for (a, d) in probes},
                            title=("初始化时 token 表示的平均余弦相似度", "Mean pairwise cosine similarity at init"),
                            xlabel=("层（0 = 词嵌入）", "layer (0 = embeddings)"),
                            ylabel=("余弦相似度（1 = 所有 token 一样）", "cosine similarity (1 = all tokens alike)"))
+        for (arm, d), p in probes.items():  # 信号消失的地方画一个 ×
+            v = first_vanished_layer(p.rms)
+            i_last, c_last = last_finite(p.cosine)
+            if v is not None and i_last is not None:
+                axes[0, 0].plot([i_last], [c_last], marker="x", markersize=9, mew=2.2, color=colors[arm],
+                                linestyle="none")
         axes[0, 0].set_ylim(-0.05, 1.05)
-        grad_series, g_styles = {}, {}
-        for (arm, d), g in grads.items():
-            name = (f"{ARM_NAMES[arm][0]} {d}L", f"{ARM_NAMES[arm][1]} {d}L")
-            grad_series[name] = g
-            g_styles[name] = {"color": colors[arm], "linestyle": lstyle.get(d, "-")}
-        plot_gradient_flow(grad_series, ax=axes[0, 1], styles=g_styles,
+        plot_gradient_flow({name(a, d): g for (a, d), g in grads.items()}, ax=axes[0, 1],
+                           styles={name(a, d): style(a, d) for (a, d) in grads},
                            title=("初始化时每个 block 的梯度范数", "Per-block gradient norm at init"),
                            xlabel=("block（0 = 最靠近输入）", "block (0 = nearest the input)"))
-        curves, c_styles, diverged = {}, {}, {}
+        curves, diverged = {}, {}
         for (arm, d), r in runs.items():
-            name = (f"{ARM_NAMES[arm][0]} {d}L", f"{ARM_NAMES[arm][1]} {d}L")
             window = max(1, len(r["train_losses"]) // 20)
-            curves[name] = (r["train_steps"], moving_average(r["train_losses"], window))
-            c_styles[name] = {"color": colors[arm], "linestyle": lstyle.get(d, "-")}
+            curves[name(arm, d)] = (r["train_steps"], moving_average(r["train_losses"], window))
             if r["diverged_at"] is not None:
-                diverged[name] = r["diverged_at"]
-        plot_loss_curves(curves, ax=axes[0, 2], styles=c_styles, diverged=diverged,
-                         references={("只按字符频率猜", "unigram baseline"): unigram},
+                diverged[name(arm, d)] = r["diverged_at"]
+        plot_loss_curves(curves, ax=axes[0, 2], styles={name(a, d): style(a, d) for (a, d) in runs},
+                         diverged=diverged, references={("只按字符频率猜", "unigram baseline"): unigram},
                          title=("训练 loss（滑动平均）", "Training loss (moving average)"),
                          ylabel=("交叉熵（nats/字符）", "cross-entropy (nats/char)"))
+        for ax in (axes[0, 0], axes[0, 1], axes[0, 2]):
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()
+        # 一个共用的图例：颜色 = 有没有残差，线型 = 层数
+        handles = [Line2D([], [], color=colors[a], linewidth=2, label=label(ARM_NAMES[a])) for a in arms]
+        handles += [Line2D([], [], color="gray", linestyle=lstyle.get(d, "-"), label=f"{d} layers") for d in depths]
+        handles += [Line2D([], [], color="gray", marker="x", linestyle="none", markersize=8, mew=2,
+                           label=label(("信号在此之后消失（RMS < 1e-6）", "signal vanishes after this layer (RMS < 1e-6)"))),
+                    Line2D([], [], color="gray", linestyle=(0, (4, 3)), linewidth=1,
+                           label=label(("只按字符频率猜", "unigram baseline")) + f" = {unigram:.3f}")]
+        fig.legend(handles=handles, loc="lower center", ncol=4, fontsize="small", frameon=False,
+                   bbox_to_anchor=(0.5, -0.02))
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
         self.save_figure(fig, "init_and_training")
 
 

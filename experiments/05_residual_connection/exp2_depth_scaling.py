@@ -80,9 +80,10 @@ def conclusion(depths: list, runs: dict, unigram: float, n_seeds: int, steps: in
         verdict["res_deeper_helps"] = False
     stuck_deep = [d for d in depths if all(x > unigram - STUCK_MARGIN or not math.isfinite(x)
                                            for x in finals(runs[("plain", d)]))]
+    stuck_list = "、".join(map(str, stuck_deep))
     if math.isfinite(p["diff"]) and p["diff"] > TIE:
         parts.append(f"没有残差时，从 {lo} 层加到 {hi} 层，验证 loss 反而升高了 {p['diff']:.3f}{sig(p)}：更深更差。"
-                     + (f"{', '.join(map(str, stuck_deep))} 层时干脆停在只按字符频率猜的水平（{unigram:.3f}）。"
+                     + (f"{stuck_list} 层时干脆停在只按字符频率猜的水平（{unigram:.3f}）。"
                         if stuck_deep else ""))
         verdict["plain_deeper_hurts"] = True
     else:
@@ -173,7 +174,7 @@ class DepthScaling(Experiment):
                         print("模型各部件的来源（你还没写完的部件来自参考实现）：")
                         for k, v in prov.items():
                             print(f"  {k} ← {v}")
-                        print(f"“有残差”一组的每个子层都由{impl_label(self.impl)}包起来；“无残差”一组只是不加回 x。")
+                        print(f"“有残差”一组的每个子层都由{impl_label(self.impl)} 包起来；“无残差”一组只是不加回 x。")
                         printed = True
                     self.record_provenance({f"tinylm[{arm}/{d}L]": prov})
                     params[d] = sum(p.numel() for p in model.parameters())
@@ -185,7 +186,7 @@ class DepthScaling(Experiment):
                     runs[(arm, d)].append(r)
                     text = (f"发散于第 {r['diverged_at']} 步" if r["diverged_at"] is not None
                             else f"val loss {r['final_val_loss']:.3f}")
-                    print(f"  {pad(ARM_NAMES[arm][0], 16)} {d:>2} 层 seed {s}：{text}，{r['wall_time_s']:.1f} 秒")
+                    print(f"  {pad(ARM_NAMES[arm][0], 20)} {d:>2} 层 seed {s}：{text}，{r['wall_time_s']:.1f} 秒")
 
         self._plots(depths, runs, unigram, seeds)
         rows = []
@@ -212,26 +213,29 @@ class DepthScaling(Experiment):
 
     def _plots(self, depths, runs, unigram, seeds):
         colors = {"res": "C0", "plain": "C3"}
-        fig, axes = new_figure(1, 2, width=6.0, height=4.4)
-        ax = axes[0, 0]
-        for arm in ARMS:
-            means, stds = [], []
-            for d in depths:
-                s = summarize(finals(runs[(arm, d)]))
-                means.append(s["mean"])
-                stds.append(s["std"] or 0.0)
-            ax.errorbar(depths, means, yerr=stds, marker="o", capsize=4, color=colors[arm],
-                        label=label(ARM_NAMES[arm]))
-        ax.axhline(unigram, color="gray", linestyle="--", linewidth=1.0,
-                   label=label(("只按字符频率猜", "unigram baseline")) + f" = {unigram:.3f}")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(depths, [str(d) for d in depths])
-        ax.set_xlabel(label(("层数（对数轴）", "depth (layers, log scale)")))
-        ax.set_ylabel(label(("最终验证 loss（nats/字符）", "final val loss (nats/char)")))
-        ax.set_title(label((f"验证 loss vs 深度（{len(seeds)} 个种子，均值 ± 标准差）",
-                            f"Val loss vs depth ({len(seeds)} seed(s), mean ± std)")))
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
+        fig, axes = new_figure(1, 3, width=5.2, height=4.4)
+        for ax, arms, zoom in ((axes[0, 0], ARMS, False), (axes[0, 1], ("res",), True)):
+            for arm in arms:
+                means, stds = [], []
+                for d in depths:
+                    s = summarize(finals(runs[(arm, d)]))
+                    means.append(s["mean"])
+                    stds.append(s["std"] or 0.0)
+                ax.errorbar(depths, means, yerr=stds, marker="o", capsize=4, color=colors[arm],
+                            label=label(ARM_NAMES[arm]))
+            if not zoom:
+                ax.axhline(unigram, color="gray", linestyle="--", linewidth=1.0,
+                           label=label(("只按字符频率猜", "unigram baseline")) + f" = {unigram:.3f}")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(depths, [str(d) for d in depths])
+            ax.set_xlabel(label(("层数（对数轴）", "depth (layers, log scale)")))
+            ax.set_ylabel(label(("最终验证 loss（nats/字符）", "final val loss (nats/char)")))
+            title = (("只看有残差（放大纵轴）", "Residual only (zoomed y axis)") if zoom else
+                     (f"验证 loss vs 深度（{len(seeds)} 个种子，均值 ± 标准差）",
+                      f"Val loss vs depth ({len(seeds)} seed(s), mean ± std)"))
+            ax.set_title(label(title))
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize="small")
         curves, styles = {}, {}
         lstyle = {d: ls for d, ls in zip(depths, (":", "-.", "--", "-", (0, (1, 1))))}
         for (arm, d), rs in runs.items():
@@ -243,7 +247,7 @@ class DepthScaling(Experiment):
             name = (f"{ARM_NAMES[arm][0]} {d}L", f"{ARM_NAMES[arm][1]} {d}L")
             curves[name] = (steps, mean)
             styles[name] = {"color": colors[arm], "linestyle": lstyle.get(d, "-")}
-        plot_loss_curves(curves, ax=axes[0, 1], styles=styles,
+        plot_loss_curves(curves, ax=axes[0, 2], styles=styles,
                          references={("只按字符频率猜", "unigram baseline"): unigram},
                          title=("验证 loss 曲线（种子平均）", "Validation loss (mean over seeds)"),
                          ylabel=("交叉熵（nats/字符）", "cross-entropy (nats/char)"))

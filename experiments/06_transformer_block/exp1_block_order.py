@@ -128,6 +128,11 @@ def stream_rms_per_layer(model: CharLM, corpus, *, seq_len: int, batch_size: int
 # 结论
 # ---------------------------------------------------------------------------------------------
 
+def sp(text: str) -> str:
+    """中英文混排：以 ASCII 结尾的词后面补一个空格（“Post-Norm 没有”），汉字结尾不补（“不归一化没有”）。"""
+    return text + (" " if text and text[-1].isascii() else "")
+
+
 def run_status(run: dict, unigram: float) -> str:
     if run["diverged_at"] is not None:
         return "diverged"
@@ -214,24 +219,28 @@ def write_conclusion(runs: dict, grads: dict, rms: dict, unigram: float, depth: 
     elif worse["post"] or worse["none"]:
         which = zh["post"] if worse["post"] else zh["none"]
         other = zh["none"] if worse["post"] else zh["post"]
-        parts.append(f"{which} 明显比 Pre-Norm 差，{other} 没有明显更差。预期是两者都更差："
+        parts.append(f"{sp(which)}明显比 Pre-Norm 差，{sp(other)}没有明显更差。预期是两者都更差："
                      "在这个深度和学习率下，只有一半的预期出现了；试试更大的 --lr 或更深的 --depth 再看。")
     else:
         parts.append("与预期不一致：在这个学习率和步数下，Post-Norm 和不归一化都没有比 Pre-Norm 明显更差。"
                      "模型小、步数少时问题不一定暴露；试试更大的 --lr（例如 2e-2）或更深的 --depth。")
+    if not bad["pre"]:
+        before, after = statistics.fmean(x[-1] for x in rms["pre"]), after_rms(runs["pre"])
+        verdict["pre_stream_rms"] = {"init": before, "after": after}
+        if math.isfinite(after) and after > 1.5 * before:
+            parts.append(f"训练之后，Pre-Norm 最后一层输出（进入 model.norm 之前的总线）的均方根从初始化时的 {before:.3g} "
+                         f"长到了 {after:.3g}：总线上没有 norm，尺度只增不减；最后的 model.norm 把它拉回≈1 再交给 lm_head。")
     if not bad["pre"] and not worse["none"]:
-        before = statistics.fmean(x[-1] for x in rms["none"])
-        after = after_rms(runs["none"])
-        text = (f"不归一化为什么没有更差？初始化时它的梯度比 Pre-Norm 小得多（见中图），但 AdamW 按每个参数梯度的大小"
-                "归一化步长，梯度整体偏小并不妨碍它学习。")
-        if math.isfinite(after) and before > 0:
-            text += (f"没有 norm 的代价在别处：它最后一层输出的均方根从初始化时的 {before:.3g} 变成了训练后的 {after:.3g}"
-                     f"（{after / before:.1f} 倍），")
-            pre_after = after_rms(runs["pre"])
-            if math.isfinite(pre_after):
-                text += f"而 Pre-Norm 交给 lm_head 的总是经过 model.norm 归一化、均方根≈1 的向量（残差流本身是 {pre_after:.3g}）；"
-            text += "层数更多、训练更久、用低精度时，这种尺度漂移就会变成溢出或发散。"
-        verdict["none_rms_growth"] = {"init": before, "after": after}
+        g_pre = statistics.fmean(statistics.fmean(x) for x in grads["pre"])
+        g_none = statistics.fmean(statistics.fmean(x) for x in grads["none"])
+        ratio = g_pre / g_none if g_none > 0 else float("nan")
+        verdict["init_grad_pre_over_none"] = ratio
+        text = "不归一化在这里没有更差。"
+        if math.isfinite(ratio) and ratio > 3:
+            text += (f"初始化时它各块的梯度只有 Pre-Norm 的 1/{ratio:.0f}（中图），但 AdamW 按每个参数梯度的大小归一化步长，"
+                     "梯度整体偏小并不妨碍它学习。")
+        text += ("8 层、几百步、float32 的小模型还暴露不出没有归一化的问题；模块 01 的实验 2 在别的设置下测过它，"
+                 "也可以在这里试试更大的 --lr（例如 3e-2）或更深的 --depth（例如 16）。")
         parts.append(text)
     if not multi:
         parts.append("快速模式只跑了 1 个种子；去掉 --quick 会跑 3 个种子并给出 均值 ± 标准差。")

@@ -40,10 +40,24 @@ VARIANTS = {
     "no_residual": ("去掉残差", "no residual", {"residual": False}, "much_worse",
                     "He 等 2016；Dong 等 2021：没有残差，深层网络难以训练、注意力输出秩塌缩"),
 }
+# 某个改动在小模型上几乎不影响 loss 时，MiniMind 的选择价值在哪里（都有出处，见 teaching.md §7）
+VALUE_NOTE = {
+    "layernorm": "RMSNorm 去掉了减均值，Zhang & Sennrich 2019 报告运行时间少 7%–64%",
+    "mqa": "GQA / MQA 让 KV cache 只存 KVH 个头（MiniMind2 是 8 个 query 头里的 2 个），生成时省显存和带宽",
+    "one_head": "多头让不同的头关注不同的位置关系，Vaswani 等 2017 表 3 A 行里 1 个头明显更差",
+    "learned": "RoPE 编码的是相对位置，还能外推到训练长度之外（模块 02），可学习的绝对位置做不到",
+    "nope": "RoPE 让注意力直接看到相对位置，而不是靠因果掩码间接推断",
+    "relu": "SwiGLU 在大模型、长训练上更好（Shazeer 2020 表 1：ReLU 1.997 vs SwiGLU 1.944）",
+}
 BASE = dict(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, norm="rmsnorm", norm_position="pre", pos="rope",
             ffn="swiglu", residual=True)
 REQUIRED = ("RMSNorm", "rope", "scaled_dot_product_attention", "repeat_kv", "FeedForward")
 TIE = {"full": 0.02, "quick": 0.05, "smoke": 0.05}   # |Δ| 不超过它就算“相当”（1 个种子时没有波动可比，门槛放宽）
+
+
+def mixed(text: str) -> str:
+    """中英文混排：以 ASCII 开头 / 结尾的名字两侧补空格（“从 LayerNorm 代替 RMSNorm 的”），汉字一侧不补。"""
+    return (" " if text[:1].isascii() else "") + text + (" " if text[-1:].isascii() else "")
 
 
 def final_losses(runs: list) -> list:
@@ -100,10 +114,11 @@ def write_conclusion(variants: dict, results: dict, n_params: dict, times: dict,
     top = "、".join(f"{variants[k][0]}（+{d:.3f}）" for d, k in ranked[:3] if d > tie)
     if top:
         parts.append(f"代价最大的改动：{top}。")
-    cheap = [variants[k][0] for d, k in ranked if abs(d) <= tie]
+    cheap = [k for d, k in ranked if abs(d) <= tie]
     if cheap:
-        parts.append(f"在这个规模上几乎不影响 loss 的：{'、'.join(cheap)}"
-                     "——它们在 MiniMind 里的价值主要不在 loss 上（RMSNorm 省计算、MQA/GQA 省 KV cache、RoPE 能外推）。")
+        notes = "；".join(VALUE_NOTE[k] for k in cheap if k in VALUE_NOTE)
+        parts.append(f"在这个规模上几乎不影响 loss 的：{'、'.join(variants[k][0] for k in cheap)}。"
+                     + (f"MiniMind 的选择在这些地方的价值主要不在小模型的 loss 上：{notes}。" if notes else ""))
     verdict["agree"], verdict["disagree"] = agree, disagree
     if disagree:
         parts.append(f"与预期方向不一致的：{'、'.join(disagree)}。小模型、几百步的训练里，弱效应（百分之几 nat）"
@@ -118,7 +133,7 @@ def write_conclusion(variants: dict, results: dict, n_params: dict, times: dict,
                      + ("ReLU-MLP 把隐层加宽到 1.5 倍，让两矩阵 MLP 与三矩阵 SwiGLU 参数相同（Shazeer 2020 的做法）。"
                         if "relu" in others and n_params["relu"] == full_p else ""))
     fast, slow = min(times, key=times.get), max(times, key=times.get)
-    parts.append(f"训练耗时（每个种子的中位数）从 {variants[fast][0]} 的 {times[fast]:.1f} 秒到 {variants[slow][0]} 的 "
+    parts.append(f"训练耗时（每个种子的中位数）从{mixed(variants[fast][0])}的 {times[fast]:.1f} 秒到{mixed(variants[slow][0])}的 "
                  f"{times[slow]:.1f} 秒；机器同时在跑别的任务时，耗时只能粗看。")
     if s_full["n"] and s_full["mean"] > unigram - 0.05:
         parts.append("注意：完整块本身都没有明显低于“只按字符频率猜”的水平，步数太少，上面的比较说明不了什么。")

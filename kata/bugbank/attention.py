@@ -26,7 +26,7 @@ from solutions import repeat_kv as _ref_repeat_kv
 
 def _make_sdpa(*, scale: str = "sqrt", softmax_dim: int = -1, diag_shift: int = 0, top_left: bool = False,
                mask_after_softmax: bool = False, invert_bool: bool = False, mask_xor_causal: bool = False,
-               guard_dead_rows: bool = True):
+               guard_dead_rows: bool = True, float32_only: bool = False):
     def sdpa(q, k, v, attn_mask=None, is_causal=False):
         q_len, k_len, head_dim = q.size(-2), k.size(-2), q.size(-1)
         scores = q @ k.transpose(-2, -1)
@@ -34,7 +34,7 @@ def _make_sdpa(*, scale: str = "sqrt", softmax_dim: int = -1, diag_shift: int = 
             scores = scores / math.sqrt(head_dim)
         elif scale == "d":
             scores = scores / head_dim
-        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        scores = scores.float() if float32_only else scores.to(torch.promote_types(scores.dtype, torch.float32))
         allowed = None
         if is_causal:
             diag = (0 if top_left else k_len - q_len) + diag_shift
@@ -152,6 +152,8 @@ BUGS = [
               invert_bool=True),
     _sdpa_bug("mask_ignored_when_causal", "is_causal=True 时忽略了 attn_mask（只用了其中一个掩码）：padding 没有被屏蔽",
               mask_xor_causal=True),
+    _sdpa_bug("float64_downcast", "softmax 前用了 scores.float()（minimind 的原话）：float64 输入也被降到 float32，精度只剩 ~1e-7；"
+              "本课要求“至少 float32”：scores.to(torch.promote_types(scores.dtype, torch.float32))", float32_only=True),
     _sdpa_bug("nan_on_fully_masked_row", "没有处理整行都被屏蔽的 query：softmax(全 −∞) = NaN，会传染给下一层",
               guard_dead_rows=False),
     # ---- repeat_kv
