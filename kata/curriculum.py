@@ -64,6 +64,13 @@ MODULES: tuple[Module, ...] = (
         tier=1,
         files={"rope.py": ("precompute_freqs_cis", "rotate_half", "apply_rotary_pos_emb",
                            "sinusoidal_position_encoding")},
+        experiments=(
+            "exp1_rope_basics.py",
+            "exp2_rope_vs_absolute.py",
+            "exp3_multi_frequency.py",
+            "exp4_length_extrapolation.py",
+        ),
+        quickstart=(("exp2_rope_vs_absolute.py", "--quick"),),
         minutes=90,
     ),
     Module(
@@ -72,6 +79,12 @@ MODULES: tuple[Module, ...] = (
         question="QKV 的直觉是什么？为什么需要多头？",
         tier=1,
         files={"attention.py": ("scaled_dot_product_attention", "repeat_kv", "Attention")},
+        experiments=(
+            "exp1_attention_basics.py",
+            "exp2_why_scale.py",
+            "exp3_multihead.py",
+            "exp4_gqa.py",
+        ),
         minutes=120,
     ),
     Module(
@@ -80,6 +93,12 @@ MODULES: tuple[Module, ...] = (
         question="FFN 存储了什么知识？为什么需要扩张？",
         tier=1,
         files={"feedforward.py": ("FeedForward",)},
+        experiments=(
+            "exp1_ffn_role.py",
+            "exp2_activation_comparison.py",
+            "exp3_expansion_ratio.py",
+            "exp4_key_value_memory.py",
+        ),
         minutes=60,
     ),
     Module(
@@ -88,6 +107,8 @@ MODULES: tuple[Module, ...] = (
         question="为什么需要残差连接？如何稳定梯度流？",
         tier=2,
         files={"residual.py": ("PreNormResidual", "PostNormResidual")},
+        experiments=("exp1_with_vs_without.py", "exp2_depth_scaling.py"),
+        quickstart=(("exp1_with_vs_without.py", "--quick"),),
         minutes=60,
     ),
     Module(
@@ -97,6 +118,7 @@ MODULES: tuple[Module, ...] = (
         tier=2,
         files={"block.py": ("MiniMindBlock",),
                "model.py": ("MiniMindModel", "MiniMindForCausalLM")},
+        experiments=("exp1_block_order.py", "exp2_component_ablation.py"),
         minutes=90,
     ),
     Module(
