@@ -10,6 +10,9 @@ import pytest
 
 from kata.runner import run_tests
 
+# 每个用例都在子进程里把模块 03 的全部测试跑一遍：机器繁忙时会超过 pyproject 里默认的 120 秒
+pytestmark = pytest.mark.timeout(900)
+
 BASE = '''
 import math
 import torch

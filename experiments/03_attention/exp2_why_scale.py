@@ -165,8 +165,12 @@ def write_conclusion(syn: dict, results: dict, variants: list, n_seeds: int, ste
     hds = sorted(gap)
     if all(math.isfinite(g) for g in gap.values()):
         if gap[hds[-1]] > gap[hds[0]] + 0.01:
+            ex = verdict[f"hd{hds[-1]}"]["val_loss"]["exceeds_spread"]
             parts.append(f"head_dim 越大，不缩放的代价越大（验证 loss 差 {gap[hds[0]]:+.3f} → {gap[hds[-1]]:+.3f}），"
-                         "与“方差随 D 增长”的推导方向一致。")
+                         "与“方差随 D 增长”的推导方向一致"
+                         + ({True: "，而且 head_dim=" + str(hds[-1]) + " 的差距超过了种子间波动。",
+                             False: "；不过 head_dim=" + str(hds[-1]) + " 的差距还没有超过种子间波动，只能算方向上的迹象。",
+                             None: "（只有 1 个种子，还不能排除随机波动）。"}[ex]))
         else:
             parts.append(f"验证 loss 的差距没有随 head_dim 变大（{gap[hds[0]]:+.3f} → {gap[hds[-1]]:+.3f}）："
                          "在这么小、训练这么短的模型里，网络可以把 W_q、W_k 学得小一点来补偿缺失的 1/√D——"

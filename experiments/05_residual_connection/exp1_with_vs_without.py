@@ -129,8 +129,6 @@ class WithVsWithout(Experiment):
         residual_cls, note = load_residual(self.impl)
         if note:
             self.note(note)
-        if self.args.threads is None and self.device == "cpu":
-            torch.set_num_threads(1)  # 这么小的模型，多线程的调度开销比省下的计算还多；--threads 可改
         corpus = self.load_corpus()
         unigram = unigram_baseline(corpus)
         depths = sorted(set(self.args.depths or self.by_mode(smoke=[2, 3], quick=[4, 8, 16], full=[4, 8, 16])))

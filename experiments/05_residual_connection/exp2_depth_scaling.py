@@ -139,8 +139,6 @@ class DepthScaling(Experiment):
         residual_cls, note = load_residual(self.impl)
         if note:
             self.note(note)
-        if self.args.threads is None and self.device == "cpu":
-            torch.set_num_threads(1)  # 这么小的模型，多线程的调度开销比省下的计算还多；--threads 可改
         corpus = self.load_corpus()
         unigram = unigram_baseline(corpus)
         depths = sorted(set(self.args.depths or self.by_mode(smoke=[1, 2], quick=[1, 2, 4], full=[1, 2, 4, 8])))
