@@ -155,6 +155,28 @@ def ratio_last_first(values: list) -> float:
     return values[-1] / values[0] if values and values[0] > 0 else float("nan")
 
 
+def how_worse(runs: list, pre_losses: list, losses: list, unigram: float) -> str:
+    """一句话：这个变体比 Pre-Norm 差在哪里（发散 / 停在字频水平 / loss 更高）。"""
+    st = [run_status(r, unigram) for r in runs]
+    n = len(st)
+    bits = []
+    if st.count("diverged"):
+        steps = "、".join(str(r["diverged_at"]) for r in runs if r["diverged_at"] is not None)
+        bits.append(f"{st.count('diverged')}/{n} 个种子发散（第 {steps} 步）")
+    if st.count("stuck"):
+        bits.append(f"{st.count('stuck')}/{n} 个种子停在只按字符频率猜的水平")
+    ok = [l for r, l in zip(runs, losses) if run_status(r, unigram) == "ok"]
+    if ok and bits:
+        c = compare_means(pre_losses, ok)
+        same = c["exceeds_spread"] is False or (math.isfinite(c["diff"]) and abs(c["diff"]) <= 0.05)
+        gap = "相当" if same else f"相差 {c['diff']:+.3f}"
+        bits.append(f"训练正常的 {len(ok)} 个种子与 Pre-Norm {gap}")
+    elif not bits:
+        c = compare_means(pre_losses, losses)
+        bits.append(f"验证 loss 高 {c['diff']:.3f}")
+    return "，".join(bits)
+
+
 def status_text(runs: list, unigram: float) -> str:
     st = [run_status(r, unigram) for r in runs]
     bits = []
@@ -213,9 +235,11 @@ def write_conclusion(runs: dict, grads: dict, rms: dict, unigram: float, depth: 
         parts.append("注意：这一次连 Pre-Norm 都没有训练好（见上面的状态），三者的比较说明不了块的顺序；"
                      "步数可能太少，或者学习率对这个模型太大了（试试更多 --steps 或更小的 --lr）。")
     elif worse["post"] and worse["none"]:
-        parts.append(f"同一个学习率、不加 warmup，只有 Pre-Norm 的块训练得好：Post-Norm 和不归一化都明显更差。"
+        how = "；".join(f"{sp(zh[v])}{how_worse(runs[v], loss['pre'], loss[v], unigram)}" for v in ("post", "none"))
+        parts.append(f"同一个学习率、不加 warmup，只有 Pre-Norm 每个种子都训练正常：{how}。"
                      f"这就是 MiniMind（以及 GPT-2 之后几乎所有大模型）把 norm 放在子层前面、残差加回未归一化的 x 的原因——"
-                     "恒等高速公路上没有任何 norm，梯度可以原样流回每一层（Xiong 等 2020：Pre-LN 不需要 warmup）。")
+                     "恒等高速公路上没有任何 norm，梯度可以原样流回每一层（Xiong 等 2020：Pre-LN 不需要 warmup）；"
+                     "而每个子层读到的又总是归一化过的输入，同一个学习率对每一层都合适。")
     elif worse["post"] or worse["none"]:
         which = zh["post"] if worse["post"] else zh["none"]
         other = zh["none"] if worse["post"] else zh["post"]
