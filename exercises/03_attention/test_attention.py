@@ -727,8 +727,21 @@ def test_attention_gradcheck_float64(impl):
 
 # ================================================================ 报错也要说人话
 
+_SUBJECTS = [  # 测试名里的关键词 → 这个测试在检查什么（出现异常时写进第一行）
+    ("kv_cache", "KV cache（present 应为 (k, v)，各 [B, S_past+S, n_kv_heads, head_dim]，沿 dim=1 拼接）"),
+    ("padding", "padding 掩码（attention_mask [B, S_total] → bool [B, 1, 1, S_total]）"),
+    ("mask", "padding 掩码（attention_mask [B, S_total] → bool [B, 1, 1, S_total]）"),
+    ("repeat_kv", "repeat_kv（[B, S, KVH, D] → [B, S, KVH·n_rep, D]）"),
+    ("sdpa", "scaled_dot_product_attention（q [B, H, Sq, D]，k/v [B, H, Sk, D]）"),
+    ("scores", "scaled_dot_product_attention（q [B, H, Sq, D]，k/v [B, H, Sk, D]）"),
+    ("weights", "scaled_dot_product_attention（q [B, H, Sq, D]，k/v [B, H, Sk, D]）"),
+]
+
+
 def _clean_errors(test):
     """你的代码在测试中途抛了异常（多半是形状不对）：给一行中文说明，而不是一长串 traceback。"""
+    subject = next((what for key, what in _SUBJECTS if key in test.__name__), "Attention 的前向（形状见 teaching.md §4.2）")
+
     @functools.wraps(test)
     def wrapper(*args, **kwargs):
         try:
@@ -737,7 +750,7 @@ def _clean_errors(test):
             raise  # conftest 会把它变成那一行“还没实现：…”
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:300]
-            pytest.fail(f"运行你的实现时抛出了 {type(exc).__name__}：{first}\n"
+            pytest.fail(f"检查 {subject} 时，你的代码抛出了 {type(exc).__name__}：{first}\n"
                         "  多半是某一步的形状不对（对照 teaching.md §4.2 括号里每一步的形状），"
                         "或者在错误的维度上拼接 / 转置 / view。\n"
                         f"  → 见 {VERIFY}", pytrace=False)

@@ -27,7 +27,6 @@ from kata.testing import assert_close, require
 
 MODULE = "05_residual_connection"
 SECTION = {"pre": "teaching.md §2（Pre-Norm 残差）", "post": "teaching.md §3（Post-Norm 残差）"}
-VERIFY = "teaching.md §4（如何验证）"
 CLASS = {"pre": "PreNormResidual", "post": "PostNormResidual"}
 KINDS = ("pre", "post")
 

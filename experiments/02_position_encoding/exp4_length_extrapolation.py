@@ -121,9 +121,12 @@ def write_conclusion(window: dict, beyond: dict, L: int, n_seeds: int, n_diverge
         scores = {k: _mean(window[k][m]) for k in METHODS}
         best[m] = min(scores, key=scores.get)
     verdict["best_method"] = {f"{m}L": best[m] for m in MULTS[1:]}
-    parts.append("每个长度上整窗 loss 最低的方法：" + "；".join(
-        f"{m}L={m * L}：{NAMES[best[m]][0]}（{_mean(window[best[m]][m]):.3f}，直接外推 {_mean(window['extrapolate'][m]):.3f}）"
-        for m in MULTS[1:]) + "。")
+    def best_text(m):
+        if best[m] == "extrapolate":
+            return f"{m}L={m * L}：直接外推本身（{_mean(window['extrapolate'][m]):.3f}）"
+        return (f"{m}L={m * L}：{NAMES[best[m]][0]}（{_mean(window[best[m]][m]):.3f}，"
+                f"直接外推 {_mean(window['extrapolate'][m]):.3f}）")
+    parts.append("每个长度上整窗 loss 最低的方法：" + "；".join(best_text(m) for m in MULTS[1:]) + "。")
     better = {k: [(_mean(window["extrapolate"][m]) - _mean(window[k][m])) for m in MULTS[1:]] for k in METHODS[1:]}
     verdict["gain_over_plain"] = better
     helped = [k for k in METHODS[1:] if all(g > TIE for g in better[k])]
@@ -161,7 +164,7 @@ def write_conclusion(window: dict, beyond: dict, L: int, n_seeds: int, n_diverge
     else:
         text += "：短序列上两者相差不到 0.02。"
     parts.append(text)
-    parts.append("这些都是零样本（没有在长序列上再训练）；PI、YaRN 的论文里还会用少量长序列数据微调，效果会好得多。")
+    parts.append("这些都是零样本（没有在长序列上再训练）；PI、YaRN 论文里的做法还包括用少量长序列数据微调，这里没有做。")
     if n_seeds == 1:
         parts.append("快速模式只有 1 个种子；去掉 --quick 会跑 3 个种子（均值 ± 标准差）。")
     return "\n".join(parts), verdict

@@ -190,7 +190,7 @@ class WhyScale(Experiment):
     requires = ("scaled_dot_product_attention",)
 
     def add_arguments(self, parser):
-        parser.add_argument("--steps", type=int, default=None, help="B 部分的训练步数（默认：快速 200，完整 400）")
+        parser.add_argument("--steps", type=int, default=None, help="B 部分的训练步数（默认：快速 200，完整 300）")
         parser.add_argument("--layers", type=int, default=2, help="B 部分的层数（默认 2）")
         parser.add_argument("--lr", type=float, default=3e-3, help="学习率（默认 3e-3）")
 
@@ -216,7 +216,7 @@ class WhyScale(Experiment):
 
         corpus = self.load_corpus()
         seeds = self.seeds(full=3, quick=1, smoke=1)
-        steps = self.args.steps or self.by_mode(smoke=3, quick=200, full=400)
+        steps = self.args.steps or self.by_mode(smoke=3, quick=200, full=300)
         layers = self.by_mode(smoke=2, quick=self.args.layers, full=self.args.layers)
         batch, seq_len = self.by_mode(smoke=(4, 32), quick=(16, 64), full=(16, 64))
         dim = self.by_mode(smoke=32, quick=64, full=64)

@@ -149,7 +149,7 @@ class MultiHead(Experiment):
     requires = ("scaled_dot_product_attention",)
 
     def add_arguments(self, parser):
-        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 200，完整 400）")
+        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 200，完整 300）")
         parser.add_argument("--layers", type=int, default=2, help="层数（默认 2：层少时“一个头只能看一处”的限制更明显，也更快）")
         parser.add_argument("--lr", type=float, default=3e-3, help="学习率（默认 3e-3）")
         parser.add_argument("--threshold", type=float, default=0.01,
@@ -162,7 +162,7 @@ class MultiHead(Experiment):
         corpus = self.load_corpus()
         unigram = unigram_baseline(corpus)
         seeds = self.seeds(full=3, quick=1, smoke=1)
-        steps = self.args.steps or self.by_mode(smoke=3, quick=200, full=400)
+        steps = self.args.steps or self.by_mode(smoke=3, quick=200, full=300)
         batch, seq_len = self.by_mode(smoke=(4, 32), quick=(16, 64), full=(16, 64))
         dim = self.by_mode(smoke=32, quick=64, full=64)
         layers = self.by_mode(smoke=2, quick=self.args.layers, full=self.args.layers)

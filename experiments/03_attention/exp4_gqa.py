@@ -272,7 +272,7 @@ class GQAExperiment(Experiment):
     requires = ("scaled_dot_product_attention", "repeat_kv")
 
     def add_arguments(self, parser):
-        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 200，完整 400）")
+        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 200，完整 300）")
         parser.add_argument("--layers", type=int, default=2, help="层数（默认 2）")
         parser.add_argument("--lr", type=float, default=3e-3, help="学习率（默认 3e-3）")
         parser.add_argument("--context", type=int, default=None, help="C 部分的上下文长度（默认：快速 1024，完整 2048）")
@@ -294,7 +294,7 @@ class GQAExperiment(Experiment):
         self.record_provenance({"Attention": self._provenance_of("Attention", Attention)})
         corpus = self.load_corpus()
         seeds = self.seeds(full=3, quick=1, smoke=1)
-        steps = self.args.steps or self.by_mode(smoke=3, quick=200, full=400)
+        steps = self.args.steps or self.by_mode(smoke=3, quick=200, full=300)
         batch, seq_len = self.by_mode(smoke=(4, 32), quick=(16, 64), full=(16, 64))
         dim, layers, heads = self.by_mode(smoke=(32, 2, 8), quick=(64, self.args.layers, 8), full=(64, self.args.layers, 8))
         kv_list = (heads, 2, 1)

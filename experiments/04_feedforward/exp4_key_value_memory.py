@@ -184,7 +184,8 @@ class KeyValueMemory(Experiment):
             # 展示：本层一致率最高的神经元（挑过的！）+ 一个随机神经元（没挑过）
             agree, top_mean = st["per_neuron_agreement"], st["per_neuron_top_mean"]
             best = int(torch.argmax(agree * 1000 + top_mean / (top_mean.abs().max() + 1e-9)))
-            rand = int(torch.randint(0, coeffs.shape[1], (1,), generator=rng))
+            rand = int(torch.randint(0, coeffs.shape[1] - 1, (1,), generator=rng))
+            rand += int(rand >= best)  # 随机挑一个“不是 best”的神经元
             for which, i in (("本层值-键一致率最高（挑选过的例子）", best), ("随机挑的一个神经元", rand)):
                 ctxs = []
                 for pos in st["top_idx"][:n_show, i].tolist():
@@ -271,9 +272,26 @@ class KeyValueMemory(Experiment):
                          "对低层尤其不准。")
         if L >= 2:
             rises = agree[-1] > agree[0] + 0.03
+            rises_ratio = ratio[-1] > 1.2 * ratio[0]
             verdict["agreement_rises_with_depth"] = rises
-            parts.append(("一致率在最高层比最低层高，方向与 Geva 等（高层的值更贴近紧随其后的词）一致。" if rises else
-                          "一致率没有随层数上升，与 Geva 等“高层尤其明显”的观察不一致；小模型、字符级的结果不必与大模型相同。"))
+            verdict["agreement_ratio_rises_with_depth"] = rises_ratio
+            ratios = "、".join(f"第 {i} 层 {r:.1f}×" for i, r in enumerate(ratio))
+            if rises:
+                parts.append("一致率在最高层比最低层高，方向与 Geva 等（高层的值更贴近紧随其后的词）一致。")
+            elif rises_ratio:
+                parts.append(f"按绝对比例，最高层（{agree[-1]:.0%}）没有比最低层（{agree[0]:.0%}）高出 3 个百分点以上；"
+                             f"但相对随机配对的倍数（{ratios}）在最高层更大。"
+                             "与 Geva 等“高层尤其明显”的观察只算部分一致。")
+            else:
+                parts.append(f"一致率没有随层数上升（相对随机配对的倍数：{ratios}），与 Geva 等“高层尤其明显”的观察不一致；"
+                             "小模型、字符级的结果不必与大模型相同。")
+            nxt = [s["same_next_char"] for s in per_layer]
+            verdict["same_next_char"] = nxt
+            parts.append("另外，触发上下文之后的字符相同的比例是 " + "、".join(f"{v:.0%}" for v in nxt)
+                         + f"（随机位置约 {statistics.fmean(s['same_next_char_random'] for s in per_layer):.0%}）："
+                         + ("各层都明显高于随机，说明键检测到的模式本身就预示着接下来的字符。"
+                            if min(nxt) > 1.5 * max(s["same_next_char_random"] for s in per_layer) else
+                            "并不是每层都明显高于随机。"))
         parts.append("对照：" + GEVA + "。")
         return "\n".join(parts), verdict
 

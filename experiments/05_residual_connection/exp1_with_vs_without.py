@@ -32,6 +32,10 @@ def _sp(text: str) -> str:
     return text + (" " if text and text[-1].isascii() else "")
 
 
+def _join(depths) -> str:
+    return "、".join(map(str, depths))
+
+
 def key(arm: str, depth: int) -> str:
     return f"{arm}/{depth}L"
 
@@ -245,7 +249,7 @@ class WithVsWithout(Experiment):
             parts.append("有残差时每个深度都学到了上下文；没有残差时每个深度都停在（或高于）只按字符频率猜的水平——"
                          "同样的模块、同样的初始化，只差一个“x +”。")
         elif len(res_ok) == len(depths) and plain_bad:
-            parts.append(f"有残差时每个深度都学到了上下文；没有残差时在 {', '.join(map(str, plain_bad))} 层停在字频水平，"
+            parts.append(f"有残差时每个深度都学到了上下文；没有残差时在 {_join(plain_bad)} 层停在字频水平，"
                          "越深越难训练。")
         elif not plain_bad:
             parts.append("与预期不一致：没有残差的模型在这些深度上也学到了上下文。可以试试更深的 --depths，或者看看你的"
@@ -257,8 +261,13 @@ class WithVsWithout(Experiment):
         if vt:
             stuck_v = [d for d in vt if learned.get(("plain_varinit", d)) in ("stuck", "diverged")]
             if stuck_v:
-                parts.append(f"对照：把无残差模型的初始化换成方差保持的 N(0, 1/fan_in) 后，信号不再消失，"
-                             f"但 {', '.join(map(str, stuck_v))} 层仍然停在字频水平——问题不只是“初始化太小”，"
+                ok_v = [d for d in vt if d not in stuck_v]
+                some = ""
+                if ok_v:
+                    some = "".join(f"{d} 层时学到了一点（{runs[('plain_varinit', d)]['final_val_loss']:.3f}，"
+                                   f"有残差是 {runs[('res', d)]['final_val_loss']:.3f}），" for d in ok_v)
+                parts.append(f"对照：把无残差模型的初始化换成方差保持的 N(0, 1/fan_in) 后，信号不再消失，{some}"
+                             f"但 {_join(stuck_v)} 层仍然停在字频水平——问题不只是“初始化太小”，"
                              "而是没有那条恒等通路。")
             else:
                 parts.append("对照：换成方差保持初始化后，无残差模型也学到了上下文——在这个设置下，"

@@ -133,6 +133,11 @@ def sp(text: str) -> str:
     return text + (" " if text and text[-1].isascii() else "")
 
 
+def join_mixed(a: str, b: str) -> str:
+    """把两段中英文混排的文字接起来：接缝任一侧是 ASCII 字母或数字时补一个空格。"""
+    return a + (" " if a and b and (a[-1].isascii() and a[-1].isalnum() or b[0].isascii() and b[0].isalnum()) else "") + b
+
+
 def run_status(run: dict, unigram: float) -> str:
     if run["diverged_at"] is not None:
         return "diverged"
@@ -235,7 +240,7 @@ def write_conclusion(runs: dict, grads: dict, rms: dict, unigram: float, depth: 
         parts.append("注意：这一次连 Pre-Norm 都没有训练好（见上面的状态），三者的比较说明不了块的顺序；"
                      "步数可能太少，或者学习率对这个模型太大了（试试更多 --steps 或更小的 --lr）。")
     elif worse["post"] and worse["none"]:
-        how = "；".join(f"{sp(zh[v])}{how_worse(runs[v], loss['pre'], loss[v], unigram)}" for v in ("post", "none"))
+        how = "；".join(join_mixed(zh[v], how_worse(runs[v], loss["pre"], loss[v], unigram)) for v in ("post", "none"))
         parts.append(f"同一个学习率、不加 warmup，只有 Pre-Norm 每个种子都训练正常：{how}。"
                      f"这就是 MiniMind（以及 GPT-2 之后几乎所有大模型）把 norm 放在子层前面、残差加回未归一化的 x 的原因——"
                      "恒等高速公路上没有任何 norm，梯度可以原样流回每一层（Xiong 等 2020：Pre-LN 不需要 warmup）；"
