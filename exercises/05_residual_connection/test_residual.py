@@ -38,7 +38,7 @@ TOL = {
 
 shapes = st.tuples(
     st.lists(st.integers(1, 3), min_size=0, max_size=2),  # 前导维（batch、seq…）
-    st.integers(1, 24),                                   # 特征维 dim
+    st.integers(2, 24),                                   # 特征维 dim（dim=1 时 RMSNorm 只剩符号，几种错误分不开）
 )
 seeds = st.integers(0, 2**31 - 1)
 log_scales = st.floats(-2.0, 2.0)  # 输入量级 10^-2 … 10^2
@@ -164,30 +164,45 @@ def test_float64_dtype_preserved_and_values_right(impl, kind):
 
 # ---------------------------------------------------------------- 2. 与参考实现对比
 
+def _first_call(ns, kind):
+    """在 hypothesis 之前先跑一次：桩直接在这里抛出“还没实现”，不必让 hypothesis 反复缩小一个必然失败的例子。"""
+    _build(ns, kind, 4, Sublayer(4))(torch.randn(2, 4))
+
+
 @pytest.mark.parametrize("kind", KINDS)
-@given(shape_dim=shapes, seed=seeds, log_scale=log_scales)
-def test_matches_reference_solution(impl, kind, shape_dim, seed, log_scale):
-    shape, dim = shape_dim
-    x, w, sub = _make(shape, dim, seed, log_scale)
-    run = _runner(kind, x, sub, w)
-    actual = run(impl)
-    assert_close(actual, run(resolve(MODULE, "solutions")), **TOL[torch.float32],
-                 what=f"{CLASS[kind]} 与参考实现对比（x 形状 {tuple(x.shape)}，量级 1e{log_scale:+.1f}）",
-                 section=SECTION[kind], module=MODULE, run=run)
+def test_matches_reference_solution(impl, kind):
+    _first_call(impl, kind)
+
+    @given(shape_dim=shapes, seed=seeds, log_scale=log_scales)
+    def check(shape_dim, seed, log_scale):
+        shape, dim = shape_dim
+        x, w, sub = _make(shape, dim, seed, log_scale)
+        run = _runner(kind, x, sub, w)
+        actual = run(impl)
+        assert_close(actual, run(resolve(MODULE, "solutions")), **TOL[torch.float32],
+                     what=f"{CLASS[kind]} 与参考实现对比（x 形状 {tuple(x.shape)}，量级 1e{log_scale:+.1f}）",
+                     section=SECTION[kind], module=MODULE, run=run)
+
+    check()
 
 
 # ---------------------------------------------------------------- 3. 独立参考
 
 @pytest.mark.parametrize("kind", KINDS)
-@given(shape_dim=shapes, seed=seeds, log_scale=log_scales)
-def test_matches_float64_formula(impl, kind, shape_dim, seed, log_scale):
-    shape, dim = shape_dim
-    x, w, sub = _make(shape, dim, seed, log_scale, dtype=torch.float64)
-    run = _runner(kind, x, sub, w)
+def test_matches_float64_formula(impl, kind):
+    _first_call(impl, kind)
     formula = "x + F(N(x))" if kind == "pre" else "N(x + F(x))"
-    assert_close(run(impl), _formula_float64(kind, x, sub, w, 1e-5), **TOL[torch.float64],
-                 what=f"{CLASS[kind]} 与 float64 公式 {formula} 对比（x 形状 {tuple(x.shape)}，量级 1e{log_scale:+.1f}）",
-                 section=SECTION[kind], module=MODULE, run=run)
+
+    @given(shape_dim=shapes, seed=seeds, log_scale=log_scales)
+    def check(shape_dim, seed, log_scale):
+        shape, dim = shape_dim
+        x, w, sub = _make(shape, dim, seed, log_scale, dtype=torch.float64)
+        run = _runner(kind, x, sub, w)
+        assert_close(run(impl), _formula_float64(kind, x, sub, w, 1e-5), **TOL[torch.float64],
+                     what=f"{CLASS[kind]} 与 float64 公式 {formula} 对比（x 形状 {tuple(x.shape)}，"
+                          f"量级 1e{log_scale:+.1f}）", section=SECTION[kind], module=MODULE, run=run)
+
+    check()
 
 
 # ---------------------------------------------------------------- 4. 性质

@@ -147,7 +147,7 @@ def write_conclusion(grads: dict, runs: dict, depths: list, unigram: float, lr: 
             parts.append(f"注意 {shallowest} 层时 Post-LN 反而比 Pre-LN 好：Post-LN 的毛病是不稳定（加深或学习率变大就训不动），"
                          "而不是只要训练得起来就一定差。")
     elif post_worse_at:
-        parts.append(f"Post-LN 在 {', '.join(map(str, post_worse_at))} 层时比 Pre-LN 差。{xiong}。")
+        parts.append(f"Post-LN 在 {'、'.join(map(str, post_worse_at))} 层时比 Pre-LN 差。{xiong}。")
     else:
         parts.append("与预期不一致：在这个学习率和步数下，Post-LN 并没有比 Pre-LN 差。"
                      "模型小、学习率不高时问题不一定暴露；试试更大的 --lr（例如 2e-2）或更深的 --depths。")

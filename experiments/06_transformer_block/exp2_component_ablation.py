@@ -121,9 +121,19 @@ def write_conclusion(variants: dict, results: dict, n_params: dict, times: dict,
                      + (f"MiniMind 的选择在这些地方的价值主要不在小模型的 loss 上：{notes}。" if notes else ""))
     verdict["agree"], verdict["disagree"] = agree, disagree
     if disagree:
-        parts.append(f"与预期方向不一致的：{'、'.join(disagree)}。小模型、几百步的训练里，弱效应（百分之几 nat）"
-                     "很容易被种子间的波动盖住；论文里的差距是在大得多的模型和数据上测的。"
-                     + ("用完整模式（3 个种子）再看。" if n_seeds == 1 else "可以用 --steps 加长训练、--n-seeds 加种子再看。"))
+        again = "用完整模式（3 个种子）再看。" if n_seeds == 1 else "想确认，可以用 --steps 加长训练、--n-seeds 多跑几个种子。"
+        flipped = [variants[k][0] for k in others
+                   if not verdict["variants"][k]["agrees"] and judged[k][0] == "better"]
+        hidden = [variants[k][0] for k in others
+                  if not verdict["variants"][k]["agrees"] and judged[k][0] != "better"]
+        text = ""
+        if flipped:
+            text += (f"测到的方向与预期相反（反而更好）的：{'、'.join(flipped)}。论文的结论是在大得多的模型、"
+                     "长得多的训练上得出的；在这个 4 层、几百步的小模型上，方向可以不同。")
+        if hidden:
+            text += (f"预期会有差别、这里却没有测出来（或方向不同）的：{'、'.join(hidden)}。这类弱效应（百分之几 nat）"
+                     "在小模型、短训练里很容易被种子间的波动盖住。")
+        parts.append(text + again)
     elif others:
         parts.append("所有变体的方向都与预期一致。")
     full_p = n_params["full"]
@@ -228,7 +238,10 @@ class ComponentAblation(Experiment):
         fig, axes = new_figure(1, 1, width=8.0, height=0.45 * len(keys) + 1.6)
         ax = axes[0, 0]
         y = np.arange(len(order))
-        colors = ["C0" if keys[i] == "full" else ("C3" if means[i] > means[keys.index("full")] else "C2") for i in order]
+        full = final_losses(results["full"])
+        kind = {k: ("full" if k == "full" else classify(full, final_losses(results[k]), TIE[self.mode])[0]) for k in keys}
+        palette = {"full": "C0", "worse": "C3", "better": "C2", "similar": "C7", "diverged": "C3"}
+        colors = [palette[kind[keys[i]]] for i in order]
         ax.barh(y, [means[i] for i in order], xerr=[stds[i] for i in order], color=colors, alpha=0.85, capsize=3)
         ax.set_yticks(y)
         ax.set_yticklabels([label((variants[keys[i]][0], variants[keys[i]][1])) for i in order])
@@ -238,13 +251,14 @@ class ComponentAblation(Experiment):
         ax.axvline(unigram, color="gray", linestyle=":", linewidth=1)
         lo = min(means[i] - stds[i] for i in order) if order else 0
         hi = max([means[i] + stds[i] for i in order] + [unigram]) if order else 1
-        ax.set_xlim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
+        ax.set_xlim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.12 * (hi - lo + 1e-9))
         for yy, i in zip(y, order):
-            ax.text(means[i], yy, f" {means[i]:.3f}", va="center", fontsize=8)
+            ax.text(means[i] + stds[i], yy, f"  {means[i]:.3f}", va="center", fontsize=8)
         ax.set_xlabel(label(("最终验证 loss（nats/字符，越低越好）", "final validation loss (nats/char, lower is better)")))
         ax.set_title(label((f"每个设计选择值多少（{len(seeds)} 个种子" + ("，均值 ± 标准差）" if len(seeds) > 1 else "）")
-                            + "；灰线 = 只按字符频率猜",
-                            f"What each design choice is worth ({len(seeds)} seed(s)); grey = unigram baseline")))
+                            + "\n红 = 更差，绿 = 更好，灰 = 相当；点线 = 只按字符频率猜",
+                            f"What each design choice is worth ({len(seeds)} seed(s))"
+                            "\nred = worse, green = better, grey = similar; dotted = unigram baseline")))
         ax.invert_yaxis()
         missing = [variants[keys[i]][1] for i in range(len(keys)) if i not in order]
         if missing:
