@@ -12,7 +12,12 @@ import os
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 
+import torch
+
 from kata import impl as kata_impl
+
+# 测试里的张量都很小：多线程只有调度开销，机器忙时两个线程还会互相等待（慢几倍）
+torch.set_num_threads(1)
 
 settings.register_profile(
     "learner",

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kata.curriculum import MODULES, Module, get_module
@@ -54,11 +55,14 @@ def _first_experiment_cmd(m: Module) -> str:
 def cmd_status(args) -> int:
     print("minimind-kata 学习进度（测的是你的代码 exercises/）\n")
     next_step = None
+    live = [m for m in MODULES if has_exercises(m)]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # 每个模块一个子进程，两个核各跑一个
+        summaries = dict(zip([m.key for m in live], pool.map(lambda m: run_tests(m, "exercises"), live)))
     for m in MODULES:
-        if not has_exercises(m):
+        if m.key not in summaries:
             print(f"  {m.key:<24} 即将上线")
             continue
-        s = run_tests(m, "exercises")
+        s = summaries[m.key]
         label = _label(s)
         print(f"  {m.key:<24} {s.passed:>3}/{s.total:<3} {label}")
         if next_step is None and label != "已完成":
@@ -67,8 +71,6 @@ def cmd_status(args) -> int:
             else:
                 next_step = (f"读 exercises/{m.key}/teaching.md，完成 exercises/{m.key}/"
                              f"{'、'.join(m.files)}，然后 python -m kata check {m.number}")
-        elif label == "已完成" and m.experiments and next_step is None:
-            pass
     done = [m for m in MODULES if has_exercises(m)]
     if next_step is None and done:
         last = done[-1]
@@ -143,7 +145,9 @@ def cmd_quickstart(args) -> int:
             impl, why = "solutions", f"{m.key} 的练习还没上线，用参考实现运行"
         for script, *extra in m.quickstart:
             path = REPO_ROOT / "experiments" / m.key / script
-            cmd = [sys.executable, str(path), "--impl", impl, *extra, *(["--smoke"] if args.smoke else [])]
+            if args.smoke:  # CI 自检用：--smoke 与 --quick 互斥
+                extra = [a for a in extra if a != "--quick"] + ["--smoke"]
+            cmd = [sys.executable, str(path), "--impl", impl, *extra]
             print(f"== {m.key}/{script}：{why}")
             print("   $ " + " ".join(["python", str(path.relative_to(REPO_ROOT)), *cmd[2:]]) + "\n", flush=True)
             rc = subprocess.call(cmd, cwd=REPO_ROOT)

@@ -103,6 +103,8 @@ def run_tests(
         cmd.extend(extra_args)
         env = dict(os.environ)
         env.pop("KATA_IMPL", None)
+        # 小张量上多线程只有开销；两个子进程并行时还会互相抢核（见 conftest.py 的 set_num_threads）
+        env.setdefault("OMP_NUM_THREADS", "1")
         proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
         summary = TestSummary(m.key, impl, returncode=proc.returncode, output=proc.stdout + proc.stderr)
         if not xml_path.exists():

@@ -34,12 +34,18 @@ def test_check_on_a_wrong_implementation_shows_the_diagnosis(monkeypatch, capsys
     assert "进行中" in out
 
 
-def test_status_lists_every_module_and_a_next_step():
-    p = _run("status")
-    assert p.returncode == 0, p.stderr
+def test_status_lists_every_module_and_a_next_step(monkeypatch, capsys):
+    # 真实的测试运行由 test_check_* 覆盖；这里把每个模块的结果换成“桩”的样子，检查 status 的输出逻辑
+    from kata.runner import TestOutcome, TestSummary
+
+    fake = lambda m, impl: TestSummary(m.key, impl, [TestOutcome("t", "failed", "还没实现：…")] * 3)
+    monkeypatch.setattr(cli, "run_tests", fake)
+    assert cli.main(["status"]) == 0
+    out = capsys.readouterr().out
     for key in ("01_normalization", "02_position_encoding", "07_training"):
-        assert key in p.stdout
-    assert "下一步：" in p.stdout
+        assert key in out
+    assert "0/3" in out and "未开始" in out and "即将上线" in out
+    assert "下一步：读 exercises/01_normalization/teaching.md" in out
 
 
 def test_hint_is_progressive(tmp_path, monkeypatch, capsys):
