@@ -71,6 +71,20 @@ MODULES: tuple[Module, ...] = (
             "exp4_length_extrapolation.py",
         ),
         quickstart=(("exp2_rope_vs_absolute.py", "--quick"),),
+        hints=(
+            "RoPE 只做一件事：把 q、k 的每一对维度（第 i 维与第 i+D/2 维）按 m·θ_i 转一个角度，θ_i = rope_base^(−2i/D)。"
+            "先写 precompute_freqs_cis：它只是一张 cos 表和一张 sin 表。读 teaching.md §2.2–§2.4。",
+            "precompute_freqs_cis：freqs = 1/(rope_base ** (torch.arange(0, dim, 2)[:dim//2].float()/dim))；"
+            "angles = torch.outer(torch.arange(end).float(), freqs)；cos = torch.cat([angles.cos(), angles.cos()], -1)，sin 同理。"
+            "位置从 0 开始；表是拼两遍（half-split），不是 repeat_interleave。",
+            "rotate_half(x)：h = x.shape[-1]//2，返回 torch.cat((-x[..., h:], x[..., :h]), -1)。apply_rotary_pos_emb："
+            "cos = cos.unsqueeze(unsqueeze_dim)，q' = q*cos + rotate_half(q)*sin，k 同理，最后 .to(q.dtype) / .to(k.dtype)。"
+            "正弦编码：pe[:, 0::2] = sin(pos·ω)、pe[:, 1::2] = cos(pos·ω)，ω_i = base^(−2i/dim)。",
+            "YaRN：只有 rope_scaling 不为 None 且 end > original_max_position_embeddings 时才改 freqs。"
+            "inv = lambda b: dim*math.log(L/(b*2*math.pi))/(2*math.log(rope_base))；low = max(math.floor(inv(beta_fast)), 0)；"
+            "high = min(math.ceil(inv(beta_slow)), dim//2-1)；ramp = ((torch.arange(dim//2).float()-low)/max(high-low, 0.001)).clamp(0, 1)；"
+            "freqs = freqs*(1-ramp+ramp/factor)；cos、sin 最后都乘 attention_factor。仍失败就读失败信息里『你的输出与……一致』那一句。",
+        ),
         minutes=90,
     ),
     Module(
