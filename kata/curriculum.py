@@ -133,6 +133,26 @@ MODULES: tuple[Module, ...] = (
         files={"block.py": ("MiniMindBlock",),
                "model.py": ("MiniMindModel", "MiniMindForCausalLM")},
         experiments=("exp1_block_order.py", "exp2_component_ablation.py"),
+        hints=(
+            "先写块（block.py）。__init__ 按 config 建四个子模块：input_layernorm、self_attn、post_attention_layernorm、mlp；"
+            "forward 就两行：h = x + self_attn(input_layernorm(x))，out = h + mlp(post_attention_layernorm(h))。先读 teaching.md §2。",
+            "参数从 config 取：Attention(config.hidden_size, config.num_attention_heads, config.num_key_value_heads, "
+            "dropout=config.dropout, qk_norm=config.qk_norm, eps=config.rms_norm_eps)；"
+            "FeedForward(config.hidden_size, config.intermediate_size, dropout=config.dropout)。"
+            "self_attn 返回 (out, present)，把 present 原样作为第二个返回值交出去；不要写 x += …（会改掉调用者的 x）。",
+            "MiniMindModel：__init__ 建 embed_tokens、dropout、layers（第 i 个是 MiniMindBlock(i, config)）、norm；"
+            "cos, sin = precompute_freqs_cis(config.head_dim, end=config.max_position_embeddings, rope_base=config.rope_theta, "
+            "rope_scaling=config.rope_scaling)，register_buffer(..., persistent=False)。forward：start_pos = past_key_values[0][0].shape[1]"
+            "（没有 cache 时 0），RoPE 表切 [start_pos:start_pos+S]，第 i 层拿第 i 层的 cache，最后 self.norm。",
+            "MiniMindForCausalLM：self.model、self.lm_head = nn.Linear(h, V, bias=False)，共享时 "
+            "self.model.embed_tokens.weight = self.lm_head.weight（方向别反）。forward：logits = lm_head(hidden)；"
+            "loss = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), labels[:, 1:].reshape(-1), ignore_index=-100)。",
+            "generate 骨架：was = self.training; self.eval(); ids, past = input_ids, None；循环 max_new_tokens 次："
+            "step = ids if past is None else ids[:, -1:]；out = self(step, past_key_values=past, use_cache=use_cache)；"
+            "logits = out.logits[:, -1].float()；temperature<=0 取 argmax，否则 /T、top-k、top-p、multinomial；"
+            "处理 eos；ids = cat；past = out.past_key_values if use_cache else None；最后 self.train(was)。"
+            "测试失败时先读“逐层比对”那几行：它点名第一个算错的子模块。",
+        ),
         minutes=90,
     ),
     Module(

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
 from kata.impl import resolve
-from kata.testing import assert_close, require
+from kata.testing import assert_close as _assert_close, require
 
 MODULE = "03_attention"
 SDPA = "teaching.md §2（缩放点积注意力）"
@@ -86,6 +86,18 @@ def _random_bool_mask(B, Sq, Sk, seed):
     for i in range(Sq):  # 因果掩码下 query i 能看见的最后一个 key 也保持可见
         m[..., i, Sk - Sq + i] = True
     return m
+
+
+_CURRENT_IMPL = {"label": ""}  # 当前测试跑的是哪个实现（_clean_errors 设置）
+
+
+def assert_close(actual, expected, **kw):
+    """kata.testing.assert_close；被测的本身就是 bug bank 里的错误实现时（CI 的 --bug-bank 自检），
+    不再拿 bug bank 逐个比对——答案已知，而每次比对要重算二十个错误实现。"""
+    if _CURRENT_IMPL["label"].startswith("bug:"):
+        kw.pop("module", None)
+        kw.pop("run", None)
+    _assert_close(actual, expected, **kw)
 
 
 def _diagnose(run):
@@ -750,23 +762,49 @@ _SUBJECTS = [  # 测试名里的关键词 → 这个测试在检查什么（出�
 ]
 
 
+def _probe_stub(test_name, ns):
+    """在进入 hypothesis 之前先用一个极小的输入调一次要测的函数：还是桩就立刻抛出“还没实现”。
+    （否则 hypothesis 会在每个抽到的例子上都失败一次、逐个格式化 traceback，桩上的测试会慢很多。）"""
+    z = torch.zeros(1, 1, 1, 2)
+    if "sdpa" in test_name:
+        ns.scaled_dot_product_attention(z, z, z)
+    elif "repeat_kv" in test_name:
+        ns.repeat_kv(z, 1)
+    else:
+        ns.Attention(4, 1)(torch.zeros(1, 1, 4), (torch.ones(1, 4), torch.zeros(1, 4)))
+
+
 def _clean_errors(test):
     """你的代码在测试中途抛了异常（多半是形状不对）：给一行中文说明，而不是一长串 traceback。"""
     subject = next((what for key, what in _SUBJECTS if key in test.__name__), "Attention 的前向（形状见 teaching.md §4.2）")
+    uses_hypothesis = hasattr(test, "hypothesis")
 
     @functools.wraps(test)
     def wrapper(*args, **kwargs):
+        _CURRENT_IMPL["label"] = str(getattr(kwargs.get("impl"), "_impl", ""))
         try:
+            if uses_hypothesis and "impl" in kwargs:
+                try:
+                    _probe_stub(test.__name__, kwargs["impl"])
+                except NotImplementedError as exc:
+                    raise NotImplementedError(str(exc)) from None  # 短 traceback：只需要那一行“还没实现”
+                except Exception:  # 不是桩，只是有错：交给 hypothesis 去找反例、给出完整说明
+                    pass
             return test(*args, **kwargs)
-        except NotImplementedError:
+        except NotImplementedError as exc:
             _skip_hypothesis_patch()
-            raise  # conftest 会把它变成那一行“还没实现：…”
+            # conftest 会把它变成那一行“还没实现：…”；换成一个没有长 traceback 的同文异常（pytest 格式化 traceback 很费时）
+            raise NotImplementedError(str(exc)) from None
         except Exception as exc:
+            _skip_hypothesis_patch()
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             pytest.fail(f"检查 {subject} 时，你的代码抛出了 {type(exc).__name__}：{first}\n"
                         "  多半是某一步的形状不对（对照 teaching.md §4.2 括号里每一步的形状），"
                         "或者在错误的维度上拼接 / 转置 / view。\n"
                         f"  → 见 {VERIFY}", pytrace=False)
+        except BaseException:
+            _skip_hypothesis_patch()
+            raise
     return wrapper
 
 
