@@ -70,14 +70,34 @@ def conclusion(depths: list, runs: dict, unigram: float, n_seeds: int, steps: in
         return ("，超过了种子间的波动" if t["exceeds_spread"] else "，但没有超过种子间的波动（标准差之和 "
                 f"{t['spread']:.3f}）")
 
-    if math.isfinite(r["diff"]) and r["diff"] < -TIE:
-        parts.append(f"有残差时，从 {lo} 层加到 {hi} 层，验证 loss 降低了 {-r['diff']:.3f}{sig(r)}"
-                     + ("，而且每加深一次都没有变差" if r["monotone_down"] else "（中间有起伏）") + "：更深更好。")
-        verdict["res_deeper_helps"] = True
+    res_means = dict(zip(depths, trend(depths, runs, "res")["means"]))
+    best = min((d for d in depths if math.isfinite(res_means[d])), key=lambda d: res_means[d], default=None)
+    worse_steps = []  # 有残差时，哪些“加深一步”让 loss 明显变高（超过 TIE，且没有被种子波动解释掉）
+    for a, b in zip(depths, depths[1:]):
+        c = compare_means(finals(runs[("res", a)]), finals(runs[("res", b)]))
+        if math.isfinite(c["diff"]) and c["diff"] > TIE and c["exceeds_spread"] is not False:
+            worse_steps.append((a, b, c["diff"]))
+    verdict["res_best_depth"] = best
+    verdict["res_significantly_worse_steps"] = [f"{a}→{b}" for a, b, _ in worse_steps]
+    if math.isfinite(r["diff"]) and r["diff"] < -TIE and r["exceeds_spread"] is not False:
+        verdict["res_deeper_helps"] = "yes"
+        parts.append(f"有残差时，从 {lo} 层加到 {hi} 层，验证 loss 降低了 {-r['diff']:.3f}{sig(r)}："
+                     + ("更深更好，而且每加深一次都没有变差。" if r["monotone_down"] else
+                        f"更深更好，虽然中间有起伏（最好的是 {best} 层，{res_means[best]:.3f}）。"))
+    elif math.isfinite(r["diff"]) and r["diff"] < -TIE:
+        verdict["res_deeper_helps"] = "weak"
+        parts.append(f"有残差时，从 {lo} 层加到 {hi} 层，验证 loss 降低了 {-r['diff']:.3f}{sig(r)}；"
+                     f"最好的是 {best} 层（{res_means[best]:.3f}）。")
     else:
-        parts.append(f"有残差时，从 {lo} 层加到 {hi} 层，验证 loss 没有降低（差 {r['diff']:+.3f}）："
-                     f"在 {steps} 步的预算里，更深的模型没有占到便宜。")
-        verdict["res_deeper_helps"] = False
+        verdict["res_deeper_helps"] = "no"
+        parts.append(f"有残差时，从 {lo} 层加到 {hi} 层，验证 loss 没有降低（差 {r['diff']:+.3f}；"
+                     f"最好的是 {best} 层，{res_means[best]:.3f}）：在 {steps} 步的预算里，更深的模型没有占到便宜。")
+    if worse_steps:
+        parts.append("有残差时也有加深之后明显变差的一步：" + "；".join(
+            f"{a} → {b} 层高了 {d:.3f}" for a, b, d in worse_steps) + "。")
+    elif verdict["res_deeper_helps"] != "yes":
+        parts.append("不过，有残差时没有哪一次加深让验证 loss 明显变差（变化都在种子波动之内）——"
+                     "这一点已经和没有残差时截然不同。")
     stuck_deep = [d for d in depths if all(x > unigram - STUCK_MARGIN or not math.isfinite(x)
                                            for x in finals(runs[("plain", d)]))]
     stuck_list = "、".join(map(str, stuck_deep))
@@ -105,8 +125,12 @@ def conclusion(depths: list, runs: dict, unigram: float, n_seeds: int, steps: in
     if verdict["plain_deeper_hurts"] and math.isfinite(tr_hi) and math.isfinite(tr_lo) and tr_hi > tr_lo + TIE:
         parts.append(f"没有残差时，{hi} 层的训练 loss（最后 10% 步的平均 {tr_hi:.3f}）也比 {lo} 层（{tr_lo:.3f}）高："
                      "更深的网络连训练集都拟合得更差，所以这不是过拟合，而是更难优化。")
-    if verdict["res_deeper_helps"] and verdict["plain_deeper_hurts"]:
+    if verdict["res_deeper_helps"] == "yes" and verdict["plain_deeper_hurts"]:
         parts.append("两个方向都和 He 等（2016）一致：没有残差时加深反而更差，加了残差，加深才变成好事。")
+    elif verdict["plain_deeper_hurts"] and not worse_steps:
+        parts.append("没有残差时的方向和 He 等（2016）一致：加深反而更差。有残差时，这次只测到了“加深不会变差”，"
+                     f"没有测到超出随机波动的“加深更好”：模型小、只训练 {steps} 步，深度的好处还没显出来。"
+                     "可以加大 --steps（例如 600）再看，代价是运行时间翻倍。")
     else:
         parts.append("与 He 等（2016）的方向不完全一致，见上面的数字。小模型、短训练时，深度的好处可能还没显出来："
                      "可以加大 --steps，或者换一组 --depths 再看。")
