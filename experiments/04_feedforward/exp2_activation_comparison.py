@@ -123,13 +123,14 @@ class ActivationComparison(Experiment):
         parts.append(f"本次的验证 loss 从低到高：{order_text}（{n_seeds} 个种子的均值，{steps} 步）。"
                      f"Shazeer 2020 的顺序是 SwiGLU 1.944 < GELU 1.983 < ReLU 1.997"
                      + ("，两者一致。" if order == paper_order else "，本次的顺序与论文不同。"))
-        for a, b in (("relu", "swiglu"), ("gelu", "swiglu")):
-            parts.append(describe_gap(final_losses(V[a].runs), final_losses(V[b].runs), V[a].en, V[b].en,
-                                      spread_note=multi))
+        if not multi:
+            for a, b in (("relu", "swiglu"), ("gelu", "swiglu")):
+                parts.append(describe_gap(final_losses(V[a].runs), final_losses(V[b].runs), V[a].en, V[b].en,
+                                          spread_note=False))
+        else:
+            parts.append("差距是否超过种子间的波动，按种子配对来判断：同一种子的三个模型看到同样的数据顺序，"
+                         "标准是各种子的差方向一致、且 |均值| > 2 倍标准误。")
         # 诚实地判断：差距是否超过种子间的波动（正 = SwiGLU 更差，负 = SwiGLU 更好）
-        if multi:
-            parts.append("上面两句把各种子当作独立样本（看 ±1 标准差的带是否重叠，比较保守）。下面按种子配对再判断一次："
-                         "同一种子的模型看到同样的数据顺序，配对能去掉一部分噪声，判断标准是各种子方向一致且 |均值| > 2 倍标准误。")
         judged = {}
         for a, b in (("relu", "swiglu"), ("gelu", "swiglu")):
             p = stats[f"{b}_minus_{a}"]
@@ -139,14 +140,16 @@ class ActivationComparison(Experiment):
             judged[a] = ("better" if p["mean"] < 0 else "worse") if real else "noise"
             verdict[f"{b}_vs_{a}"] = {"better": "better beyond noise", "worse": "worse beyond noise",
                                       "noise": "within noise"}[judged[a]]
-            sign = "更好" if p["mean"] < 0 else "更差"
+            sign = "低" if p["mean"] < 0 else "高"
+            head = (f"SwiGLU 的验证 loss 比 {V[a].en} {sign} {abs(p['mean']):.3f}"
+                    f"（{means['swiglu']:.3f} vs {means[a]:.3f}；逐种子的差 "
+                    + "、".join(f"{d:+.3f}" for d in p["diffs"]) + "）")
             if real:
-                parts.append(f"逐种子配对：SwiGLU 比 {V[a].en} {sign} {abs(p['mean']):.3f}，{p['n']} 个种子方向一致，"
-                             f"均值超过 2 倍标准误（{2 * p['se']:.3f}）——这个差距超过了种子间的波动。")
+                parts.append(f"{head}：{p['n']} 个种子方向一致，|均值| 超过 2 倍标准误（{2 * p['se']:.3f}）——"
+                             "这个差距超过了种子间的波动。")
             else:
-                why = "各种子的方向不一致" if not p["same_sign"] else f"均值没有超过 2 倍标准误（{2 * p['se']:.3f}）"
-                parts.append(f"逐种子配对：SwiGLU − {V[a].en} = {p['mean']:+.3f}，但{why}——"
-                             "在这个规模和步数下，不能说这个差距超过了种子间的波动。")
+                why = "各种子的方向不一致" if not p["same_sign"] else f"|均值| 没有超过 2 倍标准误（{2 * p['se']:.3f}）"
+                parts.append(f"{head}：但{why}——在这个规模和步数下，不能说这个差距超过了种子间的波动。")
         paper_gap = SHAZEER_2020_TABLE1["ReLU"] - SHAZEER_2020_TABLE1["SwiGLU"]
         units = ("注意单位不同（这里是每个字符的 nats，论文是 SentencePiece token 的 log-perplexity），"
                  "数值大小不能直接比较。")
@@ -156,7 +159,7 @@ class ActivationComparison(Experiment):
         elif judged and all(j == "noise" for j in judged.values()):
             parts.append(f"诚实的结论：论文里 ReLU 与 SwiGLU 差 {paper_gap:.3f}（65k 步、T5 规模）；在这里，只训练 {steps} 步、"
                          "每层 FFN 只有几万个参数的小模型上，这样大小的差别被种子间的波动盖住了。"
-                         "“SwiGLU 更好”在这个实验里**没有被证实，也没有被否定**。想看得更清楚：加大 --steps、"
+                         "“SwiGLU 更好”在这个实验里没有被证实，也没有被否定。想看得更清楚：加大 --steps、"
                          "--n-seeds，或加宽模型（--dim 128）。")
         elif judged and all(j == "better" for j in judged.values()):
             parts.append(f"SwiGLU 对两种 MLP 的优势都超过了种子间的波动，方向与论文一致（论文里 ReLU − SwiGLU = {paper_gap:.3f}）。"
@@ -167,7 +170,23 @@ class ActivationComparison(Experiment):
                          f"这里只训练 {steps} 步，更简单的激活函数可能在训练初期学得更快——试试更大的 --steps，"
                          "看差距是否缩小或反转。" + units)
         elif judged:
-            parts.append("只有一部分差距超过了种子间的波动，见上面的逐条判断。" + units)
+            bits = []
+            for a, j in judged.items():
+                paper = SHAZEER_2020_TABLE1[PAPER_NAME[a]] - SHAZEER_2020_TABLE1["SwiGLU"]
+                if j == "better":
+                    bits.append(f"SwiGLU 优于 {V[a].en}：超过了波动，方向与论文一致（论文里差 {paper:.3f}）")
+                else:
+                    bits.append(f"SwiGLU 与 {V[a].en} 的差距在波动之内：论文里 {paper:.3f} 的优势在这里"
+                                "既没有被证实，也没有被否定")
+            parts.append("小结：" + "；".join(bits) + "。" + units)
+        # GELU 明显不如 ReLU 时，给一个可以自己去验证的猜测
+        pg = stats.get("gelu_minus_relu")
+        if pg and pg["se"] is not None and pg["same_sign"] and pg["beyond_2se"] and pg["mean"] > 0:
+            parts.append(f"GELU MLP 比 ReLU MLP 差 {pg['mean']:.3f}（各种子方向一致），也与论文（GELU 略好于 ReLU）相反。"
+                         "一个可能的原因（这里没有验证，留给你用 forward hook 去查）：初始化很小（权重 std 0.02），"
+                         "隐层的输入起初只有零点几；GELU 在 0 附近近似 z/2 + z²/√(2π)，几乎是一条直线，"
+                         "而 ReLU 在任何尺度上都是一个折角——训练初期 GELU 的 MLP 更接近线性，学得更慢。"
+                         "加大 --steps，看差距是否缩小。")
         return "\n".join(parts), verdict
 
     def _plot(self, variants, seeds, unigram):

@@ -132,24 +132,30 @@ class ExpansionRatio(Experiment):
         vas = ("Vaswani et al. 2017 Table 3 第 (C) 行的方向"
                "（d_ff 1024 → 2048 → 4096 时 perplexity 5.12 → 4.92 → 4.75）")
         if monotone:
-            parts.append(f"loss 随宽度单调下降，与{vas}一致。")
+            parts.append(f"loss 随宽度单调下降，与 {vas}一致。")
         elif rho < -0.5:
-            parts.append(f"整体趋势是越宽越好，与{vas}一致；但不是每一步都单调：相邻宽度之间的差别小，会被随机波动打乱。")
+            parts.append(f"整体趋势是越宽越好，与 {vas}一致；但不是每一步都单调：相邻宽度之间的差别小，会被随机波动打乱。")
         else:
-            parts.append(f"本次没有看到“越宽越好”的趋势，与{vas}不一致。"
+            parts.append(f"本次没有看到“越宽越好”的趋势，与 {vas}不一致。"
                          "步数很少时，更宽的 FFN 还来不及被用上；去掉 --quick 或加大 --steps 再看。")
         # 收益递减：每把参数翻一倍，loss 降多少
         gains = [(a - b) / math.log2(vb.n_params / va.n_params)
                  for a, b, va, vb in zip(means, means[1:], variants, variants[1:])]
         verdict["loss_drop_per_param_doubling"] = gains
+        logp = [math.log2(p) for p in params]
+        mx, my = statistics.fmean(logp), statistics.fmean(means)
+        slope = sum((x - mx) * (y - my) for x, y in zip(logp, means)) / sum((x - mx) ** 2 for x in logp)
+        verdict["loss_change_per_doubling_fit"] = slope
         early, late = statistics.fmean(gains[:2]), statistics.fmean(gains[2:])
-        diminishing = early > 0 and late < early
-        verdict["diminishing_returns"] = diminishing
         parts.append("总参数每翻一倍，loss 下降多少（负数 = 反而上升）：" + "，".join(
             f"{va.en.split(' ')[0]}→{vb.en.split(' ')[0]} {g:+.3f}" for g, va, vb in zip(gains, variants, variants[1:]))
-            + (f"。前两段平均 {early:+.3f}，后两段平均 {late:+.3f}：收益在递减。8/3× 再往上加宽，多出来的参数"
-               "（以及与之成正比的每个 token 的计算量）换回的 loss 越来越少——这是 minimind 停在 8/3（或 π）而不是更宽的理由之一。"
-               if diminishing else f"。前两段平均 {early:+.3f}，后两段平均 {late:+.3f}：本次没有看到收益递减。"))
+            + f"；用直线拟合“loss vs log₂(参数量)”，平均每翻一倍{'下降' if slope < 0 else '上升'} {abs(slope):.3f}。")
+        if slope < 0:
+            parts.append("loss 大致随参数量的对数下降：想再降同样多，参数（以及与之成正比的每个 token 的计算量）得再翻一倍，"
+                         "每多一个参数换回的越来越少。8/3× 之后再加宽，代价成倍增长、收益却是线性的——"
+                         "这是 minimind 停在 8/3（或 π）附近、而不是更宽的理由之一。"
+                         + (f"按对数算，后两段（平均 {late:+.3f}）也比前两段（{early:+.3f}）慢。" if early > 0 and late < 0.7 * early
+                            else f"按对数算，后两段（平均 {late:+.3f}）并没有比前两段（{early:+.3f}）明显变慢。"))
         if multi:
             p84 = paired(variants[2].runs, variants[3].runs)
             if p84["se"] is not None:
