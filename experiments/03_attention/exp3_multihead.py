@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import contextlib  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
 
@@ -36,20 +37,12 @@ def masked_val_loss(model, batches, mask) -> float:
     was = model.training
     model.eval()
     total = 0.0
-    ctx = probe_attention(model, head_mask=mask) if mask is not None else _null()
+    ctx = probe_attention(model, head_mask=mask) if mask is not None else contextlib.nullcontext()
     with ctx:
         for x, y in batches:
             total += float(model(x, y)[1])
     model.train(was)
     return total / len(batches)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def ablate(model, batches, layers: int, heads: int) -> dict:

@@ -148,7 +148,7 @@ class ActivationComparison(Experiment):
                 parts.append(f"{head}：{p['n']} 个种子方向一致，|均值| 超过 2 倍标准误（{2 * p['se']:.3f}）——"
                              "这个差距超过了种子间的波动。")
             else:
-                why = "各种子的方向不一致" if not p["same_sign"] else f"|均值| 没有超过 2 倍标准误（{2 * p['se']:.3f}）"
+                why = "各种子的方向不一致" if not p["same_sign"] else f"均值的绝对值没有超过 2 倍标准误（{2 * p['se']:.3f}）"
                 parts.append(f"{head}：但{why}——在这个规模和步数下，不能说这个差距超过了种子间的波动。")
         paper_gap = SHAZEER_2020_TABLE1["ReLU"] - SHAZEER_2020_TABLE1["SwiGLU"]
         units = ("注意单位不同（这里是每个字符的 nats，论文是 SentencePiece token 的 log-perplexity），"
@@ -213,6 +213,7 @@ class ActivationComparison(Experiment):
         ax.set_ylabel(label(("最终验证 loss", "final validation loss")))
         ax.set_title(label(("每个种子一个点（黑线：均值 ± 标准差）", "one dot per seed (black: mean ± std)")))
         ax.grid(True, alpha=0.3)
+        fig.tight_layout()
         self.save_figure(fig, "val_loss")
 
 

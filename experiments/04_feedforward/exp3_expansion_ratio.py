@@ -57,7 +57,7 @@ class ExpansionRatio(Experiment):
     requires = ("FeedForward",)
 
     def add_arguments(self, parser):
-        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 120，完整 240）")
+        parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 100，完整 240）")
         parser.add_argument("--lr", type=float, default=3e-3, help="学习率（默认 3e-3）")
         parser.add_argument("--dim", type=int, default=64, help="隐藏维度（默认 64）")
 
@@ -65,13 +65,13 @@ class ExpansionRatio(Experiment):
         corpus = self.load_corpus()
         unigram = unigram_baseline(corpus)
         seeds = self.seeds(full=3, quick=1, smoke=1)
-        steps = self.args.steps or self.by_mode(smoke=4, quick=120, full=240)
+        steps = self.args.steps or self.by_mode(smoke=4, quick=100, full=240)
         dim = self.by_mode(smoke=32, quick=self.args.dim, full=self.args.dim)
         layers = self.by_mode(smoke=1, quick=4, full=4)
         batch, seq_len = self.by_mode(smoke=(4, 32), quick=(32, 64), full=(32, 64))
         eval_every = max(1, steps // self.by_mode(smoke=2, quick=6, full=8))
         eval_iters = self.by_mode(smoke=2, quick=4, full=6)
-        final_eval_iters = self.by_mode(smoke=2, quick=24, full=48)
+        final_eval_iters = self.by_mode(smoke=2, quick=16, full=48)
         lr = self.args.lr
         widths = widths_for(dim)
         base = dict(dim=dim, n_layers=layers, n_heads=4, max_seq_len=seq_len, ffn="swiglu")

@@ -90,7 +90,7 @@ def grad_sentence(depths: list, grads: dict, arms: list) -> tuple[str, bool]:
         zero = [i for i, g in enumerate(g_plain) if g == 0.0]
         text = f"{d} 层：有残差时各 block 梯度范数在 {min(g_res):.2g}–{max(g_res):.2g} 之间"
         if len(zero) == len(g_plain):
-            text += "；无残差时**所有** block 的梯度都是 0（信号在前向里已经消失，反向什么也传不回来）"
+            text += "；无残差时所有 block 的梯度都恰好是 0（信号在前向里已经消失，反向什么也传不回来）"
         elif zero:
             text += f"；无残差时有 {len(zero)} 个 block 的梯度是 0"
         else:
