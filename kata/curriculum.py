@@ -99,6 +99,23 @@ MODULES: tuple[Module, ...] = (
             "exp3_multihead.py",
             "exp4_gqa.py",
         ),
+        hints=(
+            "先写 scaled_dot_product_attention：scores = q @ k.transpose(-2, -1) / √D（D = q.size(-1)），softmax 沿最后一维"
+            "（key 轴），再乘 v。屏蔽用 masked_fill(~allowed, float('-inf'))，必须在 softmax 之前。先读 teaching.md §2。",
+            "因果掩码对齐到最后一个 query：allowed = torch.ones(Sq, Sk, dtype=torch.bool, device=q.device).tril(Sk - Sq)；"
+            "有 attn_mask 时再 allowed & attn_mask。softmax 前把分数转成至少 float32（torch.promote_types(scores.dtype, torch.float32)），"
+            "乘 v 前转回 v.dtype。整行都被屏蔽的 query：先把这一行的分数换成 0，softmax 后再把这一行清零（teaching.md §2.4）。",
+            "repeat_kv：n_rep == 1 直接返回；否则 x[:, :, :, None, :].expand(B, S, KVH, n_rep, D).reshape(B, S, KVH * n_rep, D)"
+            "（交错，等于 torch.repeat_interleave(x, n_rep, dim=2)）。Attention.__init__：head_dim = dim // n_heads，"
+            "n_kv_heads 默认 n_heads，不能整除时抛 ValueError；q_proj/k_proj/v_proj/o_proj 都 bias=False，k/v 输出 n_kv_heads*head_dim；"
+            "qk_norm 时 q_norm = k_norm = RMSNorm(head_dim, eps)；resid_dropout = nn.Dropout(dropout)。读 teaching.md §3、§4.1。",
+            "forward 骨架：q = q_proj(x).view(B, S, H, D)，k、v 用 view(B, S, KVH, D)；qk_norm 时先 q_norm/k_norm；"
+            "q, k = apply_rotary_pos_emb(q, k, cos, sin)；有 past 就 k = torch.cat([past[0], k], dim=1)（v 同理）；"
+            "present = (k, v) if use_cache else None；q = q.transpose(1, 2)，k = repeat_kv(k, n_rep).transpose(1, 2)（v 同理）；"
+            "mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]；"
+            "out = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True).transpose(1, 2).reshape(B, S, -1)；"
+            "return resid_dropout(o_proj(out)), present。仍失败时读失败信息里『你的输出与……一致』那一句。",
+        ),
         minutes=120,
     ),
     Module(
@@ -113,6 +130,15 @@ MODULES: tuple[Module, ...] = (
             "exp3_expansion_ratio.py",
             "exp4_key_value_memory.py",
         ),
+        hints=(
+            "FeedForward 就三个没有 bias 的线性层：gate_proj、up_proj（dim → hidden）和 down_proj（hidden → dim），"
+            "forward 是 down_proj(silu(gate_proj(x)) * up_proj(x))，最后过 dropout。先读 teaching.md §2.1–§2.2。",
+            "默认宽度：hidden = int(8 * dim / 3)，再向上取整到 multiple_of 的倍数："
+            "multiple_of * ((hidden + multiple_of - 1) // multiple_of)（dim=512 → 1408）。显式给了 hidden_dim 就原样照用，"
+            "不要再取整。读 teaching.md §2.3。",
+            "SiLU 只作用在 gate 分支上（F.silu(g)），up 分支不过激活；先逐元素相乘（*），再 down_proj。"
+            "self.dropout = nn.Dropout(dropout)，作用在 down_proj 的输出上。仍失败时读失败信息里『你的输出与……一致』那一句。",
+        ),
         minutes=60,
     ),
     Module(
@@ -123,6 +149,14 @@ MODULES: tuple[Module, ...] = (
         files={"residual.py": ("PreNormResidual", "PostNormResidual")},
         experiments=("exp1_with_vs_without.py", "exp2_depth_scaling.py"),
         quickstart=(("exp1_with_vs_without.py", "--quick"),),
+        hints=(
+            "PreNormResidual.forward 只有一行：return x + self.sublayer(self.norm(x))——只有送进子层的那一份被归一化，"
+            "加回去的是原始的 x。先读 teaching.md §2.1。",
+            "PostNormResidual.forward 也只有一行：return self.norm(x + self.sublayer(x))——子层吃没归一化的 x，"
+            "相加之后再归一化。读 teaching.md §3.1、§3.4。",
+            "一定要通过 self.norm 和 self.sublayer 调用（测试会把它们换掉来检查顺序），每个只调用一次；"
+            "写 x + …，不要写 x += …，也不要 detach。若报的是 RMSNorm 没实现，先完成模块 01。",
+        ),
         minutes=60,
     ),
     Module(
