@@ -105,6 +105,18 @@ def test_module_docs_and_experiments_exist(live_module):
         assert script in live_module.experiments
 
 
+def test_hints_exist_and_point_to_real_sections(live_module):
+    """`python -m kata hint NN` 至少给 3 条提示；提示里提到的 teaching.md §x.y 必须真的存在。"""
+    import re
+    assert len(live_module.hints) >= 3, f"{live_module.key}: 至少需要 3 条渐进提示"
+    teaching = (REPO_ROOT / "exercises" / live_module.key / "teaching.md").read_text(encoding="utf-8")
+    headings = set(re.findall(r"^#+\s*§?(\d+(?:\.\d+)?)\s", teaching, flags=re.M))
+    headings |= {h.split(".")[0] for h in headings}
+    for hint in live_module.hints:
+        for ref in re.findall(r"§(\d+(?:\.\d+)?)", hint):
+            assert ref in headings, f"{live_module.key}: 提示引用了 teaching.md §{ref}，但没有这一节：{hint[:40]}…"
+
+
 def test_stubs_raise_not_implemented_directly(tmp_path):
     # 模块 01 的桩：直接调用也抛 NotImplementedError，并且信息指向文件和章节
     m = MODULES[0]
