@@ -154,6 +154,10 @@ def _probe_sinusoidal(fn):
     fn(4, 8)
 
 
+def _probe_apply_rope(fn):
+    fn(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4), torch.ones(2, 4), torch.zeros(2, 4))
+
+
 # 名字 → 用一个很小的输入调用一次的函数。没有列出的名字只检查能否导入。
 COMPONENT_PROBES: dict[str, Callable[[Any], None]] = {
     "RMSNorm": _probe_rmsnorm,
@@ -163,6 +167,7 @@ COMPONENT_PROBES: dict[str, Callable[[Any], None]] = {
     "precompute_freqs_cis": _probe_freqs,
     "rotate_half": _probe_rotate_half,
     "sinusoidal_position_encoding": _probe_sinusoidal,
+    "apply_rotary_pos_emb": _probe_apply_rope,
 }
 
 

@@ -103,5 +103,26 @@ def require(cond: bool, message: str, section: str) -> None:
         pytest.fail(f"{message}\n  → 见 {section}", pytrace=False)
 
 
+def require_gradcheck(fn: Callable, inputs: tuple, section: str, *, who: str = "", atol: float = 1e-5,
+                      fast_mode: bool = False) -> None:
+    """float64 gradcheck（解析梯度 vs 中心差分）；不一致时给出中文说明，而不是 gradcheck 的长报错。
+
+    NotImplementedError 原样抛出（桩的“还没实现”由 conftest 统一显示）；其余 RuntimeError
+    （GradcheckError、对需要梯度的叶子张量原地修改……）都算失败，并附上报错的第一行。
+    """
+    try:
+        ok = torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=atol, fast_mode=fast_mode)
+        detail = ""
+    except NotImplementedError:
+        raise
+    except RuntimeError as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0].rstrip(" ,.:;") if text else type(exc).__name__
+        ok, detail = False, f"（PyTorch：{first}）"
+    prefix = f"{who}：" if who else ""
+    require(ok, f"{prefix}float64 gradcheck 失败——解析梯度与数值梯度不一致。{detail}"
+                "（forward 里有 .detach()、.data 或原地修改（x += …）吗？）", section)
+
+
 def impl_label(ns) -> str:
     return describe(ns._impl)

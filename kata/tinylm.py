@@ -64,7 +64,8 @@ from kata.curriculum import get_module
 __all__ = [
     "NORMS", "NORM_POSITIONS", "POSITIONS", "FFNS", "COMPONENTS", "SWIGLU_MULTIPLE_OF",
     "TinyLMConfig", "ComponentNotImplemented", "TinyLM", "build_tiny_lm", "count_parameters",
-    "alibi_slopes", "learning_rate", "TrainResult", "train_lm", "evaluate", "layer_grad_norms",
+    "alibi_slopes", "learning_rate", "TrainResult", "train_lm", "evaluate", "per_position_loss",
+    "layer_grad_norms",
 ]
 
 NORMS = ("rmsnorm", "layernorm", "none")
@@ -714,6 +715,32 @@ def evaluate(model: nn.Module, corpus, *, split: str = "val", seq_len: int, batc
         model.train(was_training)
 
 
+@torch.no_grad()
+def per_position_loss(model: nn.Module, corpus, *, seq_len: int, n_seqs: int, batch_size: int = 16, seed: int = 1234,
+                      split: str = "val", device=None) -> list:
+    """在 split 上取 n_seqs 段长 seq_len 的固定片段（seed 决定），返回每个位置的平均交叉熵（长 seq_len 的列表）。
+
+    同样的 seed 和 seq_len → 完全相同的片段：比较位置编码时，变体之间的差别只来自模型本身。
+    """
+    device = _model_device(model) if device is None else torch.device(device)
+    generator = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(seq_len, dtype=torch.float64)
+    done = 0
+    try:
+        while done < n_seqs:
+            b = min(batch_size, n_seqs - done)
+            x, y = corpus.get_batch(split, b, seq_len, generator=generator, device=device)
+            logits, _ = model(x)
+            ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+            total += ce.view(b, seq_len).double().sum(0).cpu()
+            done += b
+    finally:
+        model.train(was_training)
+    return (total / n_seqs).tolist()
+
+
 def layer_grad_norms(model: nn.Module, corpus, *, seq_len: int, batch_size: int, seed: int = 0,
                      split: str = "train") -> list:
     """在当前权重上（例如刚初始化时）做一次前向 + 反向，返回每个 block 全部参数梯度的 L2 范数。
@@ -770,7 +797,7 @@ def train_lm(model: nn.Module, corpus, *, steps: int, batch_size: int = 16, seq_
         val_losses.append(evaluate(model, corpus, split="val", seq_len=seq_len, batch_size=batch_size,
                                    iters=eval_iters, device=device))
 
-    bar = tqdm(total=steps, desc=desc or None, disable=not progress, dynamic_ncols=True, leave=False)
+    bar = tqdm(total=steps, desc=desc or None, disable=None if progress else True, dynamic_ncols=True, leave=False)
     try:
         for step in range(steps):
             t0 = time.perf_counter()

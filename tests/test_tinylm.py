@@ -15,7 +15,7 @@ from kata import tinylm
 from kata.data import load_corpus
 from kata.tinylm import (
     COMPONENTS, ComponentNotImplemented, TinyLMConfig, TrainResult, build_tiny_lm, count_parameters, evaluate,
-    layer_grad_norms, learning_rate, train_lm,
+    layer_grad_norms, learning_rate, per_position_loss, train_lm,
 )
 
 SMALL = dict(dim=32, n_layers=2, n_heads=4, max_seq_len=16)
@@ -145,6 +145,22 @@ def test_learned_positions_cannot_go_past_max_seq_len(corpus, vocab):
         model(torch.zeros(1, 17, dtype=torch.long))
     with pytest.raises(ValueError, match="learned"):
         evaluate(model, corpus, seq_len=32, batch_size=2, iters=1)
+
+
+def test_per_position_loss_averages_to_the_batch_loss(corpus, vocab):
+    """逐位置的交叉熵取平均 = 同一批片段上的整体 loss；batch 怎么切不影响结果；片段由 seed 决定。"""
+    model, _ = _build(vocab, pos="rope")
+    curve = per_position_loss(model, corpus, seq_len=16, n_seqs=6, batch_size=6, seed=5)
+    assert len(curve) == 16 and all(c > 0 for c in curve)
+    x, y = corpus.get_batch("val", 6, 16, generator=torch.Generator().manual_seed(5))
+    model.eval()
+    with torch.no_grad():
+        _, loss = model(x, y)
+    assert sum(curve) / 16 == pytest.approx(float(loss), rel=1e-5)
+    again = per_position_loss(model, corpus, seq_len=16, n_seqs=6, batch_size=6, seed=5)
+    assert again == curve
+    other = per_position_loss(model, corpus, seq_len=16, n_seqs=6, batch_size=6, seed=6)
+    assert other != curve
 
 
 @pytest.mark.parametrize("pos", ["rope", "nope", "sinusoidal", "alibi"])

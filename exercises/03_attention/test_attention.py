@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
 from kata.impl import resolve
-from kata.testing import assert_close as _assert_close, require
+from kata.testing import assert_close as _assert_close, require, require_gradcheck
 
 MODULE = "03_attention"
 SDPA = "teaching.md §2（缩放点积注意力）"
@@ -381,17 +381,8 @@ def test_sdpa_fully_masked_row_stays_finite(impl):
 def test_sdpa_gradcheck_float64(impl):
     q, k, v = (t.requires_grad_() for t in _qkv(1, 2, 3, 4, 4, seed=8))
     mask = _random_bool_mask(1, 3, 4, seed=9)
-    try:
-        ok = torch.autograd.gradcheck(
-            lambda a, b, c: impl.scaled_dot_product_attention(a, b, c, attn_mask=mask, is_causal=True),
-            (q, k, v), eps=1e-6, atol=1e-6, fast_mode=True)
-        detail = ""
-    except NotImplementedError:
-        raise
-    except RuntimeError as exc:
-        ok, detail = False, str(exc).splitlines()[0]
-    require(ok, f"float64 gradcheck 失败：解析梯度与数值梯度不一致。{detail}（前向里有 .detach()、.data 或原地修改？）",
-            SDPA)
+    require_gradcheck(lambda a, b, c: impl.scaled_dot_product_attention(a, b, c, attn_mask=mask, is_causal=True),
+                      (q, k, v), SDPA, atol=1e-6, fast_mode=True)
 
 
 # ================================================================ 2. repeat_kv
@@ -722,14 +713,7 @@ def test_attention_gradcheck_float64(impl):
     attn = _build(impl, dim, H, KVH, _weights(dim, H, KVH, qk_norm=True, seed=38), qk_norm=True)
     cos, sin = _rope_tables(torch.arange(S), dim // H)
     x = _x(1, S, dim, seed=39).requires_grad_()
-    try:
-        ok = torch.autograd.gradcheck(lambda t: attn(t, (cos, sin))[0], (x,), eps=1e-6, atol=1e-6, fast_mode=True)
-        detail = ""
-    except NotImplementedError:
-        raise
-    except RuntimeError as exc:
-        ok, detail = False, str(exc).splitlines()[0]
-    require(ok, f"Attention 的 float64 gradcheck 失败：解析梯度与数值梯度不一致。{detail}", ATTN)
+    require_gradcheck(lambda t: attn(t, (cos, sin))[0], (x,), ATTN, who="Attention", atol=1e-6, fast_mode=True)
     attn.train()
     out = attn(x, (cos, sin))[0]
     out.square().sum().backward()

@@ -23,7 +23,7 @@ from hypothesis import given, strategies as st
 from torch import nn
 
 from kata.impl import resolve
-from kata.testing import assert_close, require
+from kata.testing import assert_close, require, require_gradcheck
 
 MODULE = "05_residual_connection"
 SECTION = {"pre": "teaching.md §2（Pre-Norm 残差）", "post": "teaching.md §3（Post-Norm 残差）"}
@@ -398,15 +398,7 @@ def test_gradcheck_float64(impl, kind):
     sub = sub.double()
     wrapper = _build(impl, kind, 5, sub, weight=w, dtype=torch.float64)
     x = x.clone().requires_grad_(True)
-    detail = ""
-    try:
-        ok = torch.autograd.gradcheck(lambda t: wrapper(t), (x,), eps=1e-6, atol=1e-5)
-    except NotImplementedError:
-        raise
-    except RuntimeError as exc:  # 含 GradcheckError（解析梯度与数值梯度不一致）和原地修改叶子张量的报错
-        ok, detail = False, _first_line(exc)
-    require(ok, f"{CLASS[kind]}：float64 gradcheck 失败——{detail}"
-                "（forward 里有 .detach()、.data 或原地修改（x += …）吗？）", SECTION[kind])
+    require_gradcheck(lambda t: wrapper(t), (x,), SECTION[kind], who=CLASS[kind])
     wrapper(x).sum().backward()
     require(x.grad is not None and all(p.grad is not None for p in sub.parameters())
             and wrapper.norm.weight.grad is not None,

@@ -17,7 +17,7 @@ import math  # noqa: E402
 
 import torch  # noqa: E402
 
-from kata.experiment import Experiment  # noqa: E402
+from kata.experiment import Experiment, check_component  # noqa: E402
 from kata.plots import label, new_figure, plot_attention_heatmap  # noqa: E402
 
 SENTENCES = (("狗", "咬", "人"), ("人", "咬", "狗"))
@@ -50,27 +50,6 @@ def toeplitz_deviation(S: torch.Tensor) -> float:
     return worst / float(S.abs().max())
 
 
-def checked_apply(impl: str):
-    """取 apply_rotary_pos_emb 并在小输入上试跑一次（kata.experiment 只检查它能否导入）。
-
-    还没实现 → ComponentNotImplemented，main() 只打印一句中文。
-    """
-    from kata.experiment import ComponentNotImplemented, check_component, not_implemented_sentence
-
-    apply = check_component("apply_rotary_pos_emb", impl)
-    try:
-        with torch.no_grad():
-            apply(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4), torch.ones(2, 4), torch.zeros(2, 4))
-    except NotImplementedError as exc:
-        raise ComponentNotImplemented("apply_rotary_pos_emb", impl,
-                                      not_implemented_sentence("apply_rotary_pos_emb", impl)) from exc
-    except Exception as exc:
-        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip(": ")
-        raise ComponentNotImplemented("apply_rotary_pos_emb", impl,
-                                      not_implemented_sentence("apply_rotary_pos_emb", impl, detail)) from exc
-    return apply
-
-
 class RopeBasics(Experiment):
     name = "exp1_rope_basics"
     module = "02_position_encoding"
@@ -87,7 +66,7 @@ class RopeBasics(Experiment):
 
     def run(self):
         precompute = self.component("precompute_freqs_cis")
-        apply = checked_apply(self.impl)
+        apply = check_component("apply_rotary_pos_emb", self.impl)
         self.component("apply_rotary_pos_emb")  # 记录来源
         sinusoidal = self.component("sinusoidal_position_encoding")
         dim, heads = self.args.dim, 4

@@ -18,7 +18,6 @@ import math  # noqa: E402
 import statistics  # noqa: E402
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from kata.experiment import Experiment, fmt_mean_std, pad, summarize, unigram_baseline  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
@@ -46,30 +45,6 @@ def variant_names(impl: str) -> dict:
         "rope": (f"RoPE（{mine}实现）" if mine else "RoPE", "RoPE"),
         "alibi": ("ALiBi（参照）", "ALiBi"),
     }
-
-
-@torch.no_grad()
-def per_position_loss(model, corpus, seq_len: int, n_seqs: int, batch: int, seed: int, device) -> list:
-    """在验证集上取 n_seqs 段长 seq_len 的固定片段（seed 决定），返回每个位置的平均交叉熵（长 seq_len）。
-
-    所有变体在同一长度上看到的是完全相同的片段：差别只来自位置编码。
-    """
-    g = torch.Generator().manual_seed(seed)
-    was = model.training
-    model.eval()
-    total = torch.zeros(seq_len, dtype=torch.float64)
-    done = 0
-    try:
-        while done < n_seqs:
-            b = min(batch, n_seqs - done)
-            x, y = corpus.get_batch("val", b, seq_len, generator=g, device=device)
-            logits, _ = model(x)
-            ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
-            total += ce.view(b, seq_len).double().sum(0).cpu()
-            done += b
-    finally:
-        model.train(was)
-    return (total / n_seqs).tolist()
 
 
 def window_and_beyond(curve: list, L: int) -> tuple:
@@ -206,7 +181,7 @@ class RopeVsAbsolute(Experiment):
                             help=f"只跑其中几个，逗号分隔（默认全部：{','.join(VARIANTS)}）")
 
     def run(self):
-        from kata.tinylm import TinyLMConfig, build_tiny_lm, count_parameters, train_lm
+        from kata.tinylm import TinyLMConfig, build_tiny_lm, count_parameters, per_position_loss, train_lm
 
         variants = tuple(v.strip() for v in self.args.variants.split(",") if v.strip())
         bad = [v for v in variants if v not in VARIANTS]
@@ -262,8 +237,8 @@ class RopeVsAbsolute(Experiment):
                 for m in MULTS:
                     T = m * L
                     try:
-                        curve = per_position_loss(model, corpus, T, n_eval, batch=max(1, min(16, 4096 // T)),
-                                                  seed=1000 + m, device=self.device)
+                        curve = per_position_loss(model, corpus, seq_len=T, n_seqs=n_eval,
+                                                  batch_size=max(1, min(16, 4096 // T)), seed=1000 + m)
                     except ValueError:  # learned：超出位置表，不能外推——这是结果
                         curves[v][m].append(None)
                         window[v][m].append(None)

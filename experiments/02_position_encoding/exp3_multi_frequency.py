@@ -18,7 +18,7 @@ import math  # noqa: E402
 
 import torch  # noqa: E402
 
-from kata.experiment import Experiment, describe_gap, fmt_mean_std, pad, summarize  # noqa: E402
+from kata.experiment import Experiment, check_component, describe_gap, fmt_mean_std, pad, summarize  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
 
 HEAD_DIM = 64          # MiniMind2 的 head_dim
@@ -56,27 +56,6 @@ def first_alias(sim: torch.Tensor, start: int = 2, level: float = 0.99):
     return int(idx[0]) + start if len(idx) else None
 
 
-def checked_apply(impl: str):
-    """取 apply_rotary_pos_emb 并在小输入上试跑一次（kata.experiment 只检查它能否导入）。
-
-    还没实现 → ComponentNotImplemented，main() 只打印一句中文。
-    """
-    from kata.experiment import ComponentNotImplemented, check_component, not_implemented_sentence
-
-    apply = check_component("apply_rotary_pos_emb", impl)
-    try:
-        with torch.no_grad():
-            apply(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4), torch.ones(2, 4), torch.zeros(2, 4))
-    except NotImplementedError as exc:
-        raise ComponentNotImplemented("apply_rotary_pos_emb", impl,
-                                      not_implemented_sentence("apply_rotary_pos_emb", impl)) from exc
-    except Exception as exc:
-        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip(": ")
-        raise ComponentNotImplemented("apply_rotary_pos_emb", impl,
-                                      not_implemented_sentence("apply_rotary_pos_emb", impl, detail)) from exc
-    return apply
-
-
 class MultiFrequency(Experiment):
     name = "exp3_multi_frequency"
     module = "02_position_encoding"
@@ -94,7 +73,7 @@ class MultiFrequency(Experiment):
 
     def run(self):
         precompute = self.component("precompute_freqs_cis")
-        apply = checked_apply(self.impl)
+        apply = check_component("apply_rotary_pos_emb", self.impl)
         self.component("apply_rotary_pos_emb")  # 记录来源
         n = self.args.max_distance or self.by_mode(smoke=256, quick=4096, full=16384)
 

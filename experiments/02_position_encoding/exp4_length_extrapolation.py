@@ -21,7 +21,6 @@ import math  # noqa: E402
 import statistics  # noqa: E402
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from kata.experiment import Experiment, fmt_mean_std, summarize  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
@@ -38,27 +37,6 @@ NAMES = {
 }
 ROPE_BASE = 1e4
 TIE = 0.02
-
-
-@torch.no_grad()
-def per_position_loss(model, corpus, seq_len: int, n_seqs: int, batch: int, seed: int, device) -> list:
-    """验证集上 n_seqs 段固定片段（seed 决定）的逐位置平均交叉熵。所有方法看到完全相同的片段。"""
-    g = torch.Generator().manual_seed(seed)
-    was = model.training
-    model.eval()
-    total = torch.zeros(seq_len, dtype=torch.float64)
-    done = 0
-    try:
-        while done < n_seqs:
-            b = min(batch, n_seqs - done)
-            x, y = corpus.get_batch("val", b, seq_len, generator=g, device=device)
-            logits, _ = model(x)
-            ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
-            total += ce.view(b, seq_len).double().sum(0).cpu()
-            done += b
-    finally:
-        model.train(was)
-    return (total / n_seqs).tolist()
 
 
 @contextlib.contextmanager
@@ -186,7 +164,7 @@ class LengthExtrapolation(Experiment):
         parser.add_argument("--lr", type=float, default=3e-3, help="学习率（默认 3e-3）")
 
     def run(self):
-        from kata.tinylm import TinyLMConfig, build_tiny_lm, train_lm
+        from kata.tinylm import TinyLMConfig, build_tiny_lm, per_position_loss, train_lm
 
         precompute = self.component("precompute_freqs_cis")
         corpus = self.load_corpus()
@@ -227,8 +205,8 @@ class LengthExtrapolation(Experiment):
                         continue
                     cos, sin = make_tables(k, precompute, hd, T, L, MULTS[-1])
                     with rope_tables(model, cos, sin):
-                        curve = per_position_loss(model, corpus, T, n_eval, batch=max(1, min(16, 4096 // T)),
-                                                  seed=2000 + m, device=self.device)
+                        curve = per_position_loss(model, corpus, seq_len=T, n_seqs=n_eval,
+                                                  batch_size=max(1, min(16, 4096 // T)), seed=2000 + m)
                     w = sum(curve) / T
                     b = sum(curve[L:]) / (T - L) if T > L else None
                     window[k][m].append(w)
