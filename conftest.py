@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
@@ -99,6 +101,12 @@ def pytest_runtest_makereport(item, call):
     exc = call.excinfo.value
     if isinstance(exc, NotImplementedError):
         msg = str(exc) or "还没实现（NotImplementedError）"
+        owner = re.search(r"(?:exercises|solutions)/(\d\d_[a-z_]+)/", msg)
+        here = Path(str(item.path)).parent.name
+        if owner and re.fullmatch(r"\d\d_[a-z_]+", here) and owner.group(1) != here:
+            # 桩属于前置模块：本模块的代码用到了它（例如 03 的 Attention 调用你在 02 写的 RoPE）
+            msg += (f"（这是前置模块 {owner.group(1)} 的内容，teaching.md 指的是 exercises/{owner.group(1)}/teaching.md；"
+                    f"先让 pytest exercises/{owner.group(1)} 通过）")
         report.longrepr = msg
         report.user_properties.append((_NOT_IMPLEMENTED, msg))
     elif "Timeout" in str(exc) and type(exc).__name__ == "Failed":

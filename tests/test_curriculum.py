@@ -125,3 +125,21 @@ def test_stubs_raise_not_implemented_directly(tmp_path):
 
     with pytest.raises(NotImplementedError, match="rmsnorm.py · RMSNorm.forward"):
         ns.RMSNorm(4)(torch.ones(2, 4))
+
+
+def test_prerequisite_stub_is_named_as_such(tmp_path):
+    """03 的注意力写完了、02 的 RoPE 还是桩：失败信息要说清楚该去完成的是前置模块 02。"""
+    src = (REPO_ROOT / "solutions" / "03_attention" / "attention.py").read_text(encoding="utf-8")
+    src = src.replace("from solutions import RMSNorm, apply_rotary_pos_emb", (
+        "from solutions import RMSNorm\n\n\n"
+        "def apply_rotary_pos_emb(*args, **kwargs):\n"
+        "    raise NotImplementedError('还没实现：exercises/02_position_encoding/rope.py · apply_rotary_pos_emb"
+        " — 先读 teaching.md §2.4')\n"))
+    assert "def apply_rotary_pos_emb" in src, "solutions/03_attention/attention.py 的 import 行变了，更新这个测试"
+    (tmp_path / "attention.py").write_text(src, encoding="utf-8")
+    s = run_tests("03", str(tmp_path / "attention.py"), extra_args=("-k", "matches_reference_solution"))
+    failed = [o for o in s.outcomes if o.status == "failed"]
+    assert failed, s.output[-2000:]
+    assert all("前置模块 02_position_encoding" in o.message and "pytest exercises/02_position_encoding" in o.message
+               for o in failed), [o.message for o in failed]
+    assert "前置模块 02_position_encoding" in s.output
