@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from kata.curriculum import MODULES, Module, get_module
 from kata.impl import REPO_ROOT

@@ -70,7 +70,7 @@ __all__ = [
     "Experiment", "ComponentNotImplemented", "UsageError", "IMPL_CHOICES", "DEVICE_CHOICES", "COMPONENT_PROBES",
     "pick_device", "seed_everything", "check_component", "not_implemented_sentence",
     "atomic_write_json", "atomic_write_bytes", "to_jsonable", "environment_info", "format_table", "pad",
-    "summarize", "fmt_mean_std", "compare_means", "describe_gap", "orders_of_magnitude", "unigram_baseline",
+    "summarize", "mean_std_curve", "fmt_mean_std", "compare_means", "describe_gap", "orders_of_magnitude", "unigram_baseline",
     "tidy_spacing",
 ]
 
@@ -352,6 +352,21 @@ def summarize(values: Sequence[float]) -> dict:
     std = statistics.stdev(finite) if len(finite) >= 2 else None
     return {"mean": mean, "std": std, "n": len(finite), "n_nonfinite": len(vals) - len(finite),
             "values": vals}
+
+
+def mean_std_curve(runs: Sequence[dict]) -> tuple[list, list, list]:
+    """几个种子的训练记录 → (steps, mean, std)：每个评估点上验证 loss 的均值与样本标准差。
+
+    每条记录要有 ``val_steps`` 和 ``val_losses``（kata.tinylm.TrainResult 的字段）。发散后的非有限值不参与；
+    某一点只有一个有限值时 std 记 0。steps 取最长的那条记录。
+    """
+    steps = list(max((r["val_steps"] for r in runs), key=len))
+    mean, std = [], []
+    for i in range(len(steps)):
+        vals = [r["val_losses"][i] for r in runs if i < len(r["val_losses"]) and math.isfinite(r["val_losses"][i])]
+        mean.append(statistics.fmean(vals) if vals else float("nan"))
+        std.append(statistics.stdev(vals) if len(vals) >= 2 else 0.0)
+    return steps, mean, std
 
 
 def fmt_mean_std(values: Sequence[float], fmt: str = ".3f") -> str:

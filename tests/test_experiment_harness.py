@@ -481,3 +481,19 @@ def test_exp3_conclusion_follows_the_numbers():
                                     {(12, "post"): [_run(2.4)]}, rms)
     assert v["post_worse_at_depths"] == [] and "与预期不一致" in text
     assert v["warmup_rescues_post"] is True
+
+
+def test_mean_std_curve_ignores_divergence_and_uses_longest_steps():
+    from kata.experiment import mean_std_curve
+    runs = [
+        {"val_steps": [0, 10, 20], "val_losses": [4.0, 3.0, 2.0]},
+        {"val_steps": [0, 10, 20], "val_losses": [4.2, 3.4, float("nan")]},   # 第 20 步发散
+        {"val_steps": [0, 10], "val_losses": [3.8, 3.2]},                      # 更早停下
+    ]
+    steps, mean, std = mean_std_curve(runs)
+    assert steps == [0, 10, 20]
+    assert mean == pytest.approx([4.0, 3.2, 2.0])
+    assert std[0] == pytest.approx(0.2) and std[1] == pytest.approx(0.2)
+    assert std[2] == 0.0                                                       # 只剩一个有限值
+    steps, mean, std = mean_std_curve([{"val_steps": [5], "val_losses": [float("inf")]}])
+    assert steps == [5] and math.isnan(mean[0]) and std == [0.0]

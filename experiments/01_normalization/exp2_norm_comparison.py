@@ -15,7 +15,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from kata.experiment import (Experiment, compare_means, describe_gap, fmt_mean_std, pad, summarize,  # noqa: E402
+from kata.experiment import (Experiment, compare_means, describe_gap, fmt_mean_std, pad, summarize, mean_std_curve,  # noqa: E402
                              unigram_baseline)
 from kata.plots import new_figure, plot_loss_curves  # noqa: E402
 
@@ -295,13 +295,7 @@ class NormComparison(Experiment):
         curves, diverged = {}, {}
         for v in VARIANTS:
             runs = results[v]
-            steps = max((r["val_steps"] for r in runs), key=len)
-            mean, std = [], []
-            for i, _ in enumerate(steps):
-                vals = [r["val_losses"][i] for r in runs if i < len(r["val_losses"])
-                        and math.isfinite(r["val_losses"][i])]
-                mean.append(statistics.fmean(vals) if vals else float("nan"))
-                std.append(statistics.stdev(vals) if len(vals) >= 2 else 0.0)
+            steps, mean, std = mean_std_curve(runs)
             key = names[v]
             curves[key] = (steps, mean, std) if len(runs) > 1 else (steps, mean)
             divs = [r["diverged_at"] for r in runs if r["diverged_at"] is not None]

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任�
 import math  # noqa: E402
 import statistics  # noqa: E402
 
-from kata.experiment import (Experiment, UsageError, compare_means, describe_gap, fmt_mean_std, pad, summarize,  # noqa: E402
+from kata.experiment import (Experiment, UsageError, compare_means, describe_gap, fmt_mean_std, pad, summarize, mean_std_curve,  # noqa: E402
                              unigram_baseline)
 from kata.plots import new_figure, plot_gradient_flow, plot_loss_curves  # noqa: E402
 
@@ -312,12 +312,7 @@ class PreVsPostNorm(Experiment):
         for (d, pos), rs in list(runs.items()) + list(warm.items()):
             is_warm = rs is warm.get((d, pos))
             k = key(d, pos, is_warm)
-            steps = max((r["val_steps"] for r in rs), key=len)
-            mean, std = [], []
-            for i in range(len(steps)):
-                vals = [r["val_losses"][i] for r in rs if i < len(r["val_losses"]) and math.isfinite(r["val_losses"][i])]
-                mean.append(statistics.fmean(vals) if vals else float("nan"))
-                std.append(statistics.stdev(vals) if len(vals) >= 2 else 0.0)
+            steps, mean, std = mean_std_curve(rs)
             curves[k] = (steps, mean, std) if len(rs) > 1 else (steps, mean)
             divs = [r["diverged_at"] for r in rs if r["diverged_at"] is not None]
             if divs:

@@ -17,7 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任�
 import math  # noqa: E402
 import statistics  # noqa: E402
 
-import torch  # noqa: E402
 
 from kata.experiment import Experiment, fmt_mean_std, pad, summarize, unigram_baseline  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402

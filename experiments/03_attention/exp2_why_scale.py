@@ -18,7 +18,7 @@ import statistics  # noqa: E402
 import torch  # noqa: E402
 
 from _attention_tools import default_one_thread, entropy_of_rows, probe_attention  # noqa: E402
-from kata.experiment import Experiment, compare_means, describe_gap, fmt_mean_std, summarize  # noqa: E402
+from kata.experiment import Experiment, compare_means, describe_gap, fmt_mean_std, summarize, mean_std_curve  # noqa: E402
 from kata.plots import label, new_figure, plot_loss_curves  # noqa: E402
 
 PAPER = "Vaswani et al. 2017 §3.2.1：q、k 的分量独立、均值 0、方差 1 时，q·k 的方差是 d_k；点积太大会把 softmax 推进梯度极小的区域，所以除以 √d_k"
@@ -301,12 +301,7 @@ class WhyScale(Experiment):
         curves = {}
         for v in variants:
             rs = results[v["key"]]
-            steps = max((r["val_steps"] for r in rs), key=len)
-            mean, std = [], []
-            for i in range(len(steps)):
-                vals = [r["val_losses"][i] for r in rs if i < len(r["val_losses"]) and math.isfinite(r["val_losses"][i])]
-                mean.append(statistics.fmean(vals) if vals else float("nan"))
-                std.append(statistics.stdev(vals) if len(vals) >= 2 else 0.0)
+            steps, mean, std = mean_std_curve(rs)
             curves[(v["label"], v["label_en"])] = (steps, mean, std) if len(rs) > 1 else (steps, mean)
         fig = plot_loss_curves(curves, title=("B. 验证 loss", "B. Validation loss"),
                                ylabel=("交叉熵（nats/字符）", "cross-entropy (nats/char)"),

@@ -18,7 +18,7 @@ import statistics  # noqa: E402
 import torch  # noqa: E402
 
 from _attention_tools import default_one_thread, probe_attention  # noqa: E402
-from kata.experiment import (Experiment, compare_means, describe_gap, fmt_mean_std, summarize,  # noqa: E402
+from kata.experiment import (Experiment, compare_means, describe_gap, fmt_mean_std, summarize, mean_std_curve,  # noqa: E402
                              unigram_baseline)
 from kata.plots import label, new_figure, plot_loss_curves  # noqa: E402
 
@@ -218,12 +218,7 @@ class MultiHead(Experiment):
         curves = {}
         for h in head_counts:
             rs = results[h]
-            steps = max((r["val_steps"] for r in rs), key=len)
-            mean, std = [], []
-            for i in range(len(steps)):
-                vals = [r["val_losses"][i] for r in rs if i < len(r["val_losses"]) and math.isfinite(r["val_losses"][i])]
-                mean.append(statistics.fmean(vals) if vals else float("nan"))
-                std.append(statistics.stdev(vals) if len(vals) >= 2 else 0.0)
+            steps, mean, std = mean_std_curve(rs)
             curves[(f"{h} 个头（head_dim {dim // h}）", f"{h} head(s) (head_dim {dim // h})")] = \
                 (steps, mean, std) if len(rs) > 1 else (steps, mean)
         plot_loss_curves(curves, ax=axes[0, 0],

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from _attention_tools import default_one_thread, rope_tables  # noqa: E402
-from kata.experiment import (ComponentNotImplemented, Experiment, check_component, compare_means,  # noqa: E402
+from kata.experiment import (ComponentNotImplemented, Experiment, check_component, compare_means, mean_std_curve,  # noqa: E402
                              describe_gap, fmt_mean_std, not_implemented_sentence, summarize)
 from kata.plots import label, new_figure, plot_loss_curves  # noqa: E402
 
@@ -404,12 +404,7 @@ class GQAExperiment(Experiment):
         curves = {}
         for v in variants:
             rs = results[v["key"]]
-            steps = max((r["val_steps"] for r in rs), key=len)
-            mean, std = [], []
-            for i in range(len(steps)):
-                vals = [r["val_losses"][i] for r in rs if i < len(r["val_losses"]) and math.isfinite(r["val_losses"][i])]
-                mean.append(statistics.fmean(vals) if vals else float("nan"))
-                std.append(statistics.stdev(vals) if len(vals) >= 2 else 0.0)
+            steps, mean, std = mean_std_curve(rs)
             curves[(v["name"], v["name_en"])] = (steps, mean, std) if len(rs) > 1 else (steps, mean)
         plot_loss_curves(curves, ax=axes[0, 0], title=("A. 验证 loss", "A. Validation loss"),
                          ylabel=("交叉熵（nats/字符）", "cross-entropy (nats/char)"))

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -89,15 +88,6 @@ def train_variants(exp, corpus, variants: list, seeds: list, *, steps: int, batc
             print(f"  {pad(v.zh, 28)} seed {s}: {state}，{res.tokens_per_sec:,.0f} tokens/s，{res.wall_time_s:.1f} 秒")
 
 
-def mean_curve(runs: list):
-    """(steps, mean, std)：每个评估点上各种子验证 loss 的均值与标准差（只用有限值）。"""
-    steps = max((r["val_steps"] for r in runs), key=len)
-    mean, std = [], []
-    for i, _ in enumerate(steps):
-        vals = [r["val_losses"][i] for r in runs if i < len(r["val_losses"]) and math.isfinite(r["val_losses"][i])]
-        mean.append(statistics.fmean(vals) if vals else float("nan"))
-        std.append(statistics.stdev(vals) if len(vals) >= 2 else 0.0)
-    return steps, mean, std
 
 
 def paired(a_runs: list, b_runs: list) -> dict:

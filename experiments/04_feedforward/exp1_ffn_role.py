@@ -15,11 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import math  # noqa: E402
 
-import torch  # noqa: E402
 
-from _ffn_tools import (Variant, final_losses, mean_curve, minimind_param_breakdown, paired,  # noqa: E402
+from _ffn_tools import (Variant, final_losses, minimind_param_breakdown, paired,  # noqa: E402
                         train_variants)
-from kata.experiment import Experiment, describe_gap, fmt_mean_std, summarize, unigram_baseline  # noqa: E402
+from kata.experiment import Experiment, describe_gap, fmt_mean_std, mean_std_curve, summarize, unigram_baseline  # noqa: E402
 from kata.plots import new_figure, plot_loss_curves  # noqa: E402
 
 # REFERENCES.md：MiniMind2-small 共 25,829,888 个参数（词嵌入与 lm_head 共享）；minimind-3 约 64M
@@ -196,7 +195,7 @@ class FFNRole(Experiment):
     def _plot(self, variants, seeds, unigram):
         curves = {}
         for v in variants:
-            steps, mean, std = mean_curve(v.runs)
+            steps, mean, std = mean_std_curve(v.runs)
             curves[v.label] = (steps, mean, std) if len(v.runs) > 1 else (steps, mean)
         fig, axes = new_figure(1, 1, width=7.0, height=4.6)
         plot_loss_curves(curves, ax=axes[0, 0],

@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import math  # noqa: E402
 
-from _ffn_tools import (SHAZEER_2020_TABLE1, SHAZEER_CITE, Variant, final_losses, mean_curve, paired,  # noqa: E402
+from _ffn_tools import (SHAZEER_2020_TABLE1, SHAZEER_CITE, Variant, final_losses, paired,  # noqa: E402
                         train_variants)
-from kata.experiment import Experiment, describe_gap, fmt_mean_std, summarize, unigram_baseline  # noqa: E402
+from kata.experiment import Experiment, describe_gap, fmt_mean_std, mean_std_curve, summarize, unigram_baseline  # noqa: E402
 from kata.plots import new_figure, plot_loss_curves  # noqa: E402
 
 PAPER_NAME = {"relu": "ReLU", "gelu": "GELU", "swiglu": "SwiGLU"}
@@ -192,7 +192,7 @@ class ActivationComparison(Experiment):
     def _plot(self, variants, seeds, unigram):
         curves = {}
         for v in variants:
-            steps, mean, std = mean_curve(v.runs)
+            steps, mean, std = mean_std_curve(v.runs)
             curves[v.label] = (steps, mean, std) if len(v.runs) > 1 else (steps, mean)
         fig, axes = new_figure(1, 2, width=6.4, height=4.4)
         plot_loss_curves(curves, ax=axes[0, 0],

@@ -26,7 +26,7 @@ from torch import nn  # noqa: E402
 
 from kata.config import MiniMindConfig  # noqa: E402
 from kata.impl import describe  # noqa: E402
-from kata.experiment import (ComponentNotImplemented, Experiment, compare_means, describe_gap,  # noqa: E402
+from kata.experiment import (ComponentNotImplemented, Experiment, compare_means, describe_gap, mean_std_curve,  # noqa: E402
                              fmt_mean_std, pad, summarize, unigram_baseline)
 from kata.plots import new_figure, plot_gradient_flow, plot_loss_curves  # noqa: E402
 
@@ -384,12 +384,7 @@ class BlockOrder(Experiment):
         curves, diverged = {}, {}
         for v in VARIANTS:
             rs = runs[v]
-            steps = max((r["val_steps"] for r in rs), key=len)
-            mean, std = [], []
-            for i in range(len(steps)):
-                vals = [r["val_losses"][i] for r in rs if i < len(r["val_losses"]) and math.isfinite(r["val_losses"][i])]
-                mean.append(statistics.fmean(vals) if vals else float("nan"))
-                std.append(statistics.stdev(vals) if len(vals) >= 2 else 0.0)
+            steps, mean, std = mean_std_curve(rs)
             curves[NAMES[v]] = (steps, mean, std) if len(rs) > 1 else (steps, mean)
             divs = [r["diverged_at"] for r in rs if r["diverged_at"] is not None]
             if divs:
