@@ -602,6 +602,9 @@ class Experiment:
         exp._command = [cls.script_file().name] + list(sys.argv[1:] if argv is None else argv)
         if exp.args.n_seeds is not None and exp.args.n_seeds < 1:
             parser.error("--n-seeds 至少为 1")
+        problem = exp._check_own_numbers(parser)
+        if problem:
+            parser.error(problem)
         try:
             exp.execute()
         except KeyboardInterrupt:
@@ -622,8 +625,40 @@ class Experiment:
             if isinstance(exc, UsageError):
                 print(str(exc), file=sys.stderr)
                 return 1
+            from kata.tinylm import TinyLMConfigError
+
+            if isinstance(exc, TinyLMConfigError):
+                print(f"这组参数搭不出模型：{exc}。检查 --dim / --heads / --layers 等选项（--help 里有默认值）。",
+                      file=sys.stderr)
+                return 1
             raise
         return 0
+
+    # 本实验自己的数值选项（步数、层数、学习率、宽度……）都必须是正数；这里列出的可以是 0
+    nonnegative_args: tuple[str, ...] = ("warmup",)
+
+    def _check_own_numbers(self, parser: argparse.ArgumentParser) -> Optional[str]:
+        """“本实验的选项”里的 int / float 参数：必须是有限的正数（nonnegative_args 里的允许 0）。
+
+        不检查的话，--steps 0 会被当成“没给”而悄悄跑默认步数，--lr -1 会变成 PyTorch 的英文报错。
+        """
+        for group in parser._action_groups:
+            if group.title != "本实验的选项":
+                continue
+            for action in group._group_actions:
+                if action.type not in (int, float):
+                    continue
+                value = getattr(self.args, action.dest, None)
+                values = value if isinstance(value, (list, tuple)) else [value]
+                allow_zero = action.dest in self.nonnegative_args
+                for v in values:
+                    if v is None:
+                        continue
+                    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+                        flag = action.option_strings[-1]
+                        need = "非负数（可以是 0）" if allow_zero else "正数"
+                        return f"{flag} 必须是{need}，收到的是 {v}"
+        return None
 
     def _not_implemented_message(self, exc: BaseException) -> str:
         sentence = getattr(exc, "sentence", None) or str(exc)

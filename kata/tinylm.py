@@ -63,7 +63,7 @@ from kata.curriculum import get_module
 
 __all__ = [
     "NORMS", "NORM_POSITIONS", "POSITIONS", "FFNS", "COMPONENTS", "SWIGLU_MULTIPLE_OF",
-    "TinyLMConfig", "ComponentNotImplemented", "TinyLM", "build_tiny_lm", "count_parameters",
+    "TinyLMConfig", "TinyLMConfigError", "ComponentNotImplemented", "TinyLM", "build_tiny_lm", "count_parameters",
     "alibi_slopes", "learning_rate", "TrainResult", "train_lm", "evaluate", "per_position_loss",
     "layer_grad_norms",
 ]
@@ -84,16 +84,23 @@ SINUSOIDAL_SCALE = INIT_STD / math.sqrt(0.5)
 # 配置
 # ============================================================================================
 
+class TinyLMConfigError(ValueError):
+    """TinyLMConfig 的参数不合法或互相矛盾（例如 dim 不能被 n_heads 整除）。
+
+    实验脚本把它当成命令行参数错误：只打印这一句，不打印 traceback。
+    """
+
+
 def _check_choice(name: str, value, options: tuple) -> None:
     if value not in options:
-        raise ValueError(f"TinyLMConfig.{name} 只能是 {' / '.join(repr(o) for o in options)} 之一，实际 {value!r}")
+        raise TinyLMConfigError(f"TinyLMConfig.{name} 只能是 {' / '.join(repr(o) for o in options)} 之一，实际 {value!r}")
 
 
 def _check_positive_int(name: str, value, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"TinyLMConfig.{name} 应为正整数，实际 {value!r}")
+        raise TinyLMConfigError(f"TinyLMConfig.{name} 应为正整数，实际 {value!r}")
 
 
 @dataclass
@@ -130,22 +137,22 @@ class TinyLMConfig:
         _check_choice("ffn", self.ffn, FFNS)
         for name in ("final_norm", "residual", "attn_scale", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"TinyLMConfig.{name} 应为 True 或 False，实际 {getattr(self, name)!r}")
+                raise TinyLMConfigError(f"TinyLMConfig.{name} 应为 True 或 False，实际 {getattr(self, name)!r}")
         if self.dim % self.n_heads != 0:
-            raise ValueError(f"TinyLMConfig：dim（{self.dim}）必须能被 n_heads（{self.n_heads}）整除")
+            raise TinyLMConfigError(f"TinyLMConfig：dim（{self.dim}）必须能被 n_heads（{self.n_heads}）整除")
         if self.n_heads % self.kv_heads != 0:
-            raise ValueError(
+            raise TinyLMConfigError(
                 f"TinyLMConfig：n_heads（{self.n_heads}）必须能被 n_kv_heads（{self.kv_heads}）整除"
                 "（GQA 里每组 query 头共享一个 KV 头）"
             )
         if self.pos == "rope" and self.head_dim % 2 != 0:
-            raise ValueError(f"TinyLMConfig：RoPE 把维度两两配对旋转，head_dim（{self.head_dim}）必须是偶数")
+            raise TinyLMConfigError(f"TinyLMConfig：RoPE 把维度两两配对旋转，head_dim（{self.head_dim}）必须是偶数")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"TinyLMConfig.dropout 应在 [0, 1) 之间，实际 {self.dropout!r}")
+            raise TinyLMConfigError(f"TinyLMConfig.dropout 应在 [0, 1) 之间，实际 {self.dropout!r}")
         if not self.norm_eps > 0:
-            raise ValueError(f"TinyLMConfig.norm_eps 应为正数，实际 {self.norm_eps!r}")
+            raise TinyLMConfigError(f"TinyLMConfig.norm_eps 应为正数，实际 {self.norm_eps!r}")
         if not self.rope_base > 1:
-            raise ValueError(f"TinyLMConfig.rope_base 应大于 1，实际 {self.rope_base!r}")
+            raise TinyLMConfigError(f"TinyLMConfig.rope_base 应大于 1，实际 {self.rope_base!r}")
 
     @property
     def kv_heads(self) -> int:

@@ -110,6 +110,27 @@ class RaisesTinyLMError(Experiment):
         raise ComponentNotImplemented("exercises/01_normalization/rmsnorm.py 里的 RMSNorm 还没实现：先让测试通过。\n第二行")
 
 
+class HasNumberOptions(Experiment):
+    name = "exp_numbers"
+    module = "01_normalization"
+    title = "有数值选项的小实验"
+
+    def add_arguments(self, parser):
+        parser.add_argument("--steps", type=int, default=None, help="步数")
+        parser.add_argument("--lr", type=float, default=1e-3, help="学习率")
+        parser.add_argument("--depths", type=int, nargs="+", default=None, help="层数")
+        parser.add_argument("--warmup", type=int, default=None, help="warmup 步数（可以是 0）")
+        parser.add_argument("--heads", type=int, default=4, help="头数")
+        parser.add_argument("--dim", type=int, default=64, help="宽度")
+
+    def run(self):
+        from kata.tinylm import TinyLMConfig
+
+        TinyLMConfig(vocab_size=10, dim=self.args.dim, n_layers=1, n_heads=self.args.heads, max_seq_len=8)
+        self.conclude("ok")
+        return {"steps": self.args.steps}
+
+
 class NeedsData(Experiment):
     name = "exp_needs_data"
     module = "01_normalization"
@@ -306,6 +327,31 @@ def test_device_auto_picks_cpu_here():
     assert kx.pick_device("cpu") == "cpu"
     with pytest.raises(ValueError, match="CUDA"):
         kx.pick_device("cuda")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--steps", "0"], "--steps"), (["--steps", "-5"], "--steps"), (["--lr", "-1"], "--lr"),
+    (["--lr", "nan"], "--lr"), (["--depths", "4", "0"], "--depths"), (["--warmup", "-1"], "--warmup"),
+])
+def test_nonpositive_numbers_are_usage_errors(argv, flag, tmp_path, capsys):
+    """--steps 0 不能被当成“没给”而悄悄跑默认步数；--lr -1 不能变成 PyTorch 的英文 traceback。"""
+    with pytest.raises(SystemExit) as info:
+        HasNumberOptions.main(argv + ["--smoke", "--out-dir", str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{flag} 必须是" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir()), "参数错误时不应写出任何结果文件"
+
+
+def test_zero_is_fine_where_it_makes_sense(tmp_path):
+    assert HasNumberOptions.main(["--warmup", "0", "--smoke", "--out-dir", str(tmp_path)]) == 0
+
+
+def test_impossible_model_shape_is_one_sentence(tmp_path, capsys):
+    assert HasNumberOptions.main(["--dim", "30", "--heads", "4", "--smoke", "--out-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "这组参数搭不出模型" in err and "dim（30）" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
 
 
 def test_unavailable_device_exits_1(tmp_path, capsys):
