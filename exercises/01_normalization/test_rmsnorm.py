@@ -113,7 +113,7 @@ def test_matches_reference_solution(impl, shape_dim, seed, log_scale):
     run = _runner(x, w)
     expected = run(resolve(MODULE, "solutions"))
     assert_close(run(impl), expected, **TOL[torch.float32],
-                 what=f"与参考实现对比（x 形状 {tuple(x.shape)}，量级 1e{log_scale:+.1f}）",
+                 what=f"与参考实现对比（x 形状 {tuple(x.shape)}，量级约 {10 ** log_scale:.2g}）",
                  section=WHAT_IS, module=MODULE, run=run)
 
 
@@ -128,7 +128,7 @@ def test_matches_torch_nn_rmsnorm(impl, shape_dim, seed, log_scale):
         ref.weight.copy_(w)
     run = _runner(x, w)
     assert_close(run(impl), ref(x), **TOL[torch.float32],
-                 what=f"与 torch.nn.RMSNorm 对比（x 形状 {tuple(x.shape)}，量级 1e{log_scale:+.1f}）",
+                 what=f"与 torch.nn.RMSNorm 对比（x 形状 {tuple(x.shape)}，量级约 {10 ** log_scale:.2g}）",
                  section=WHAT_IS, module=MODULE, run=run)
 
 

@@ -197,7 +197,7 @@ def test_matches_reference_solution(impl, shape, dim, hidden, seed, log_scale):
     run = _runner(x, w)
     expected = run(resolve(MODULE, "solutions"))
     assert_close(_call(run, impl), expected, **TOL[torch.float32],
-                 what=f"与参考实现对比（x 形状 {tuple(x.shape)}，hidden={hidden}，量级 1e{log_scale:+.1f}）",
+                 what=f"与参考实现对比（x 形状 {tuple(x.shape)}，hidden={hidden}，量级约 {10 ** log_scale:.2g}）",
                  section=WHAT_IS, module=MODULE, run=run)
 
 

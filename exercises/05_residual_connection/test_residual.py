@@ -180,7 +180,7 @@ def test_matches_reference_solution(impl, kind):
         run = _runner(kind, x, sub, w)
         actual = run(impl)
         assert_close(actual, run(resolve(MODULE, "solutions")), **TOL[torch.float32],
-                     what=f"{CLASS[kind]} 与参考实现对比（x 形状 {tuple(x.shape)}，量级 1e{log_scale:+.1f}）",
+                     what=f"{CLASS[kind]} 与参考实现对比（x 形状 {tuple(x.shape)}，量级约 {10 ** log_scale:.2g}）",
                      section=SECTION[kind], module=MODULE, run=run)
 
     check()
@@ -200,7 +200,7 @@ def test_matches_float64_formula(impl, kind):
         run = _runner(kind, x, sub, w)
         assert_close(run(impl), _formula_float64(kind, x, sub, w, 1e-5), **TOL[torch.float64],
                      what=f"{CLASS[kind]} 与 float64 公式 {formula} 对比（x 形状 {tuple(x.shape)}，"
-                          f"量级 1e{log_scale:+.1f}）", section=SECTION[kind], module=MODULE, run=run)
+                          f"量级约 {10 ** log_scale:.2g}）", section=SECTION[kind], module=MODULE, run=run)
 
     check()
 
@@ -214,7 +214,7 @@ def test_pre_zero_sublayer_is_identity(impl, log_scale):
     zero = Sublayer(10, zero=True)
     run = _runner("pre", x, zero, w)
     assert_close(run(impl), x, atol=0.0, rtol=0.0,
-                 what=f"子层输出恒为 0 时，PreNormResidual 应该原样返回 x（恒等映射；x 量级 1e{log_scale:+.1f}）",
+                 what=f"子层输出恒为 0 时，PreNormResidual 应该原样返回 x（恒等映射；x 量级约 {10 ** log_scale:.2g}）",
                  section=SECTION["pre"], module=MODULE, run=run)
 
 
@@ -236,7 +236,7 @@ def test_post_output_is_normalised(impl, log_scale):
     rms = _rms(out)
     require(isinstance(out, torch.Tensor) and bool(torch.allclose(rms, torch.ones_like(rms), atol=1e-4, rtol=0)),
             f"PostNormResidual 的输出应该被归一化（norm weight 全 1 时每个 token 的均方根 ≈ 1）；"
-            f"输入量级 1e{log_scale:+.1f} 时你的输出均方根是 {[round(float(r), 4) for r in rms.flatten()[:4]]}……"
+            f"输入量级约 {10 ** log_scale:.2g} 时你的输出均方根是 {[round(float(r), 4) for r in rms.flatten()[:4]]}……"
             "——是不是先归一化、后相加了？", SECTION["post"])
 
 
