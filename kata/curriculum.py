@@ -155,7 +155,7 @@ MODULES: tuple[Module, ...] = (
             "PostNormResidual.forward 也只有一行：return self.norm(x + self.sublayer(x))——子层吃没归一化的 x，"
             "相加之后再归一化。读 teaching.md §3.1、§3.4。",
             "一定要通过 self.norm 和 self.sublayer 调用（测试会把它们换掉来检查顺序），每个只调用一次；"
-            "写 x + …，不要写 x += …，也不要 detach。若报的是 RMSNorm 没实现，先完成模块 01。",
+            "写 x + …，不要写 x += …，也不要 detach。测试不需要模块 01：它们会把 self.norm 换成已知正确的 RMSNorm。",
         ),
         minutes=60,
     ),
