@@ -70,7 +70,8 @@ __all__ = [
     "Experiment", "ComponentNotImplemented", "UsageError", "IMPL_CHOICES", "DEVICE_CHOICES", "COMPONENT_PROBES",
     "pick_device", "seed_everything", "check_component", "not_implemented_sentence",
     "atomic_write_json", "atomic_write_bytes", "to_jsonable", "environment_info", "format_table", "pad",
-    "summarize", "mean_std_curve", "fmt_mean_std", "compare_means", "describe_gap", "orders_of_magnitude", "unigram_baseline",
+    "summarize", "mean_std_curve", "fmt_mean_std", "STUCK_MARGIN", "run_status", "status_summary",
+    "last_first_ratio", "compare_means", "describe_gap", "orders_of_magnitude", "unigram_baseline",
     "tidy_spacing",
 ]
 
@@ -455,6 +456,35 @@ def unigram_baseline(corpus) -> float:
     p = p / p.sum()
     q = torch.bincount(corpus.val_ids, minlength=n).double()
     return float(-(q * p.log()).sum() / q.sum())
+
+
+STUCK_MARGIN = 0.05  # 最终验证 loss 高于（只按字符频率猜的 loss − 这个值）→ 算“卡在字频水平”，没学到上下文
+
+
+def run_status(run: dict, unigram: float) -> str:
+    """一次训练（kata.tinylm.TrainResult 的 dict）的结局：'diverged' | 'stuck' | 'ok'。"""
+    if run["diverged_at"] is not None:
+        return "diverged"
+    if not math.isfinite(run["final_val_loss"]) or run["final_val_loss"] > unigram - STUCK_MARGIN:
+        return "stuck"
+    return "ok"
+
+
+def status_summary(runs: Sequence[dict], unigram: float) -> str:
+    """“a/n 个种子发散（第 … 步），b/n 个种子卡在只按字符频率猜的水平”；全部正常时返回空字符串。"""
+    st = [run_status(r, unigram) for r in runs]
+    bits = []
+    if st.count("diverged"):
+        steps = "、".join(str(r["diverged_at"]) for r in runs if r["diverged_at"] is not None)
+        bits.append(f"{st.count('diverged')}/{len(st)} 个种子发散（第 {steps} 步）")
+    if st.count("stuck"):
+        bits.append(f"{st.count('stuck')}/{len(st)} 个种子卡在只按字符频率猜的水平")
+    return "，".join(bits)
+
+
+def last_first_ratio(values: Sequence[float]) -> float:
+    """最后一个 / 第一个（例如最后一层与第一层的梯度范数之比）；第一个不是正数时为 nan。"""
+    return values[-1] / values[0] if values and values[0] > 0 else float("nan")
 
 
 def orders_of_magnitude(ratio: float) -> float:

@@ -543,3 +543,16 @@ def test_mean_std_curve_ignores_divergence_and_uses_longest_steps():
     assert std[2] == 0.0                                                       # 只剩一个有限值
     steps, mean, std = mean_std_curve([{"val_steps": [5], "val_losses": [float("inf")]}])
     assert steps == [5] and math.isnan(mean[0]) and std == [0.0]
+
+
+def test_run_status_and_summary():
+    ok = {"diverged_at": None, "final_val_loss": 2.0}
+    stuck = {"diverged_at": None, "final_val_loss": 3.30}
+    nan = {"diverged_at": None, "final_val_loss": float("nan")}
+    div = {"diverged_at": 17, "final_val_loss": float("nan")}
+    assert [kx.run_status(r, 3.347) for r in (ok, stuck, nan, div)] == ["ok", "stuck", "stuck", "diverged"]
+    assert kx.run_status({"diverged_at": None, "final_val_loss": 3.347 - kx.STUCK_MARGIN - 0.01}, 3.347) == "ok"
+    assert kx.status_summary([ok, ok], 3.347) == ""
+    text = kx.status_summary([ok, stuck, div], 3.347)
+    assert "1/3 个种子发散（第 17 步）" in text and "1/3 个种子卡在只按字符频率猜的水平" in text
+    assert kx.last_first_ratio([2.0, 1.0, 6.0]) == 3.0 and math.isnan(kx.last_first_ratio([0.0, 1.0]))

@@ -15,26 +15,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任�
 import math  # noqa: E402
 import statistics  # noqa: E402
 
-from kata.experiment import (Experiment, UsageError, compare_means, describe_gap, fmt_mean_std, pad, summarize, mean_std_curve,  # noqa: E402
-                             unigram_baseline)
+from kata.experiment import (STUCK_MARGIN, Experiment, UsageError, compare_means, describe_gap,  # noqa: E402
+                             fmt_mean_std, last_first_ratio, mean_std_curve, pad, run_status, status_summary,
+                             summarize, unigram_baseline)
 from kata.plots import new_figure, plot_gradient_flow, plot_loss_curves  # noqa: E402
 
 POSITIONS = ("pre", "post")
 POS_NAME = {"pre": "Pre-LN", "post": "Post-LN"}
-STUCK_MARGIN = 0.05   # 最终验证 loss 高于（只按字符频率猜的 loss − 这个值）→ 算“卡住”
 
 
 def key(depth: int, pos: str, warmup: bool = False) -> str:
     return f"{POS_NAME[pos]} {depth}L" + (" +warmup" if warmup else "")
-
-
-def run_status(run: dict, unigram: float) -> str:
-    """'diverged' | 'stuck' | 'ok'。"""
-    if run["diverged_at"] is not None:
-        return "diverged"
-    if not math.isfinite(run["final_val_loss"]) or run["final_val_loss"] > unigram - STUCK_MARGIN:
-        return "stuck"
-    return "ok"
 
 
 def final_stream_rms(model, corpus, *, seq_len: int, batch_size: int, seed: int) -> float:
@@ -55,22 +46,6 @@ def final_stream_rms(model, corpus, *, seq_len: int, batch_size: int, seed: int)
 
 def final_losses(runs: list) -> list:
     return [r["final_val_loss"] if r["diverged_at"] is None else float("nan") for r in runs]
-
-
-def last_first_ratio(norms: list) -> float:
-    return norms[-1] / norms[0] if norms and norms[0] > 0 else float("nan")
-
-
-def _status_text(runs: list, unigram: float) -> str:
-    st = [run_status(r, unigram) for r in runs]
-    n = len(st)
-    bits = []
-    if st.count("diverged"):
-        steps = "、".join(str(r["diverged_at"]) for r in runs if r["diverged_at"] is not None)
-        bits.append(f"{st.count('diverged')}/{n} 个种子发散（第 {steps} 步）")
-    if st.count("stuck"):
-        bits.append(f"{st.count('stuck')}/{n} 个种子卡在只按字符频率猜的水平")
-    return "，".join(bits)
 
 
 def write_conclusion(grads: dict, runs: dict, depths: list, unigram: float, lr: float, steps: int,
@@ -114,7 +89,7 @@ def write_conclusion(grads: dict, runs: dict, depths: list, unigram: float, lr: 
     post_worse_at = []
     for d in depths:
         pre, post = runs[(d, "pre")], runs[(d, "post")]
-        s_pre, s_post = _status_text(pre, unigram), _status_text(post, unigram)
+        s_pre, s_post = status_summary(pre, unigram), status_summary(post, unigram)
         bad_post = any(run_status(r, unigram) != "ok" for r in post)
         bad_pre = any(run_status(r, unigram) != "ok" for r in pre)
         lp, lq = final_losses(pre), final_losses(post)
@@ -162,7 +137,7 @@ def write_conclusion(grads: dict, runs: dict, depths: list, unigram: float, lr: 
                    f"训练正常——问题出在一开始的大步长，warmup 正是对症的办法。")
             verdict["warmup_rescues_post"] = True
         else:
-            txt = (f"对照：{d} 层 Post-LN 加上 warmup 后仍然{_status_text(wr, unigram)}："
+            txt = (f"对照：{d} 层 Post-LN 加上 warmup 后仍然{status_summary(wr, unigram)}："
                    "在这个设置下，warmup 还不足以救回它（可以试试更长的 warmup 或更小的 --lr）。")
             verdict["warmup_rescues_post"] = False
         parts.append(txt)

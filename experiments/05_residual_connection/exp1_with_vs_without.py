@@ -18,12 +18,11 @@ import statistics  # noqa: E402
 
 import torch  # noqa: E402
 
-from kata.experiment import Experiment, UsageError, pad, unigram_baseline  # noqa: E402
+from kata.experiment import STUCK_MARGIN, Experiment, UsageError, pad, run_status, unigram_baseline  # noqa: E402
 from kata.plots import label, new_figure, plot_gradient_flow, plot_loss_curves  # noqa: E402
 from _residual_lm import (ARM_NAMES, VANISHED_RMS, build_model, first_vanished_layer, impl_label,  # noqa: E402
                           init_probe, load_residual, moving_average)
 
-STUCK_MARGIN = 0.05   # 最终验证 loss 高于（只按字符频率猜的 loss − 这个值）→ 算“没学到上下文”
 COLLAPSE_GAP = 0.3    # 无残差最后一层的余弦相似度比有残差高出这么多，才算“明显坍缩”
 
 
@@ -38,14 +37,6 @@ def _join(depths) -> str:
 
 def key(arm: str, depth: int) -> str:
     return f"{arm}/{depth}L"
-
-
-def status(run: dict, unigram: float) -> str:
-    if run["diverged_at"] is not None:
-        return "diverged"
-    if not math.isfinite(run["final_val_loss"]) or run["final_val_loss"] > unigram - STUCK_MARGIN:
-        return "stuck"
-    return "ok"
 
 
 def fmt(v, spec=".3f"):
@@ -179,7 +170,7 @@ class WithVsWithout(Experiment):
                                    desc=f"{ARM_NAMES[arm][1][:14]} {d}L")
                     runs[(arm, d)] = res.to_dict()
                     r = runs[(arm, d)]
-                    st = status(r, unigram)
+                    st = run_status(r, unigram)
                     text = (f"发散于第 {r['diverged_at']} 步" if st == "diverged" else
                             f"val loss {r['final_val_loss']:.3f}" + ("（没学到上下文）" if st == "stuck" else ""))
                     print(f"  {pad(ARM_NAMES[arm][0], 24)} {d:>2} 层：{text}，{r['wall_time_s']:.1f} 秒")
@@ -197,7 +188,7 @@ class WithVsWithout(Experiment):
                     "—" if vanished is None else f"第 {vanished} 层",
                     f"{g[0]:.2g} / {g[-1]:.2g}",
                     fmt(r["final_val_loss"]) if r else "（未训练）",
-                    {"ok": "学到了", "stuck": "卡在字频水平", "diverged": "发散"}[status(r, unigram)] if r else "—",
+                    {"ok": "学到了", "stuck": "卡在字频水平", "diverged": "发散"}[run_status(r, unigram)] if r else "—",
                 ])
         self.print_table(["变体", "余弦相似度 嵌入→最后一层", "信号消失于", "初始梯度 首/末 block",
                           "最终验证 loss", "状态"], rows,
@@ -211,7 +202,7 @@ class WithVsWithout(Experiment):
             "rms_per_layer": {key(a, d): p.rms for (a, d), p in probes.items()},
             "init_grad_norms": {key(a, d): g for (a, d), g in grads.items()},
             "runs": {key(a, d): r for (a, d), r in runs.items()},
-            "status": {key(a, d): status(r, unigram) for (a, d), r in runs.items()},
+            "status": {key(a, d): run_status(r, unigram) for (a, d), r in runs.items()},
             "verdict": verdict,
         }
 
@@ -235,7 +226,7 @@ class WithVsWithout(Experiment):
         if g_ok:
             parts.append("有残差时各 block 的梯度在同一个量级：恒等通路把梯度原样送到每一层（teaching.md §2.2）。")
 
-        learned = {k: status(r, unigram) for k, r in runs.items()}
+        learned = {k: run_status(r, unigram) for k, r in runs.items()}
         res_ok = [d for d in depths if learned.get(("res", d)) == "ok"]
         plain_bad = [d for d in depths if learned.get(("plain", d)) in ("stuck", "diverged")]
         desc = "；".join(

@@ -16,13 +16,12 @@ import statistics  # noqa: E402
 
 import torch  # noqa: E402
 
-from kata.experiment import (Experiment, UsageError, compare_means, fmt_mean_std, pad, summarize,  # noqa: E402
-                             unigram_baseline)
+from kata.experiment import (STUCK_MARGIN, Experiment, UsageError, compare_means, fmt_mean_std, pad,  # noqa: E402
+                             summarize, unigram_baseline)
 from kata.plots import label, new_figure, plot_loss_curves  # noqa: E402
 from _residual_lm import ARM_NAMES, build_model, impl_label, load_residual  # noqa: E402
 
 ARMS = ("res", "plain")
-STUCK_MARGIN = 0.05   # 最终验证 loss 高于（只按字符频率猜的 loss − 这个值）→ 算“没学到上下文”
 TIE = 0.005           # 两个深度的平均 loss 相差不超过它，就算“一样”
 
 # He et al. 2016, Deep Residual Learning for Image Recognition, 表 2（ImageNet 验证集 top-1 错误率 %）

@@ -26,14 +26,14 @@ from torch import nn  # noqa: E402
 
 from kata.config import MiniMindConfig  # noqa: E402
 from kata.impl import describe  # noqa: E402
-from kata.experiment import (ComponentNotImplemented, Experiment, compare_means, describe_gap, mean_std_curve,  # noqa: E402
-                             fmt_mean_std, pad, summarize, unigram_baseline)
+from kata.experiment import (STUCK_MARGIN, ComponentNotImplemented, Experiment, compare_means,  # noqa: E402
+                             describe_gap, fmt_mean_std, last_first_ratio, mean_std_curve, pad, run_status,
+                             status_summary, summarize, unigram_baseline)
 from kata.plots import new_figure, plot_gradient_flow, plot_loss_curves  # noqa: E402
 
 VARIANTS = ("pre", "post", "none")
 NAMES = {"pre": ("Pre-Norm（MiniMind）", "Pre-Norm (MiniMind)"), "post": ("Post-Norm", "Post-Norm"),
          "none": ("不归一化", "no norm")}
-STUCK_MARGIN = 0.05   # 最终验证 loss 高于（只按字符频率猜的 loss − 这个值）→ 算“卡住”
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,14 +138,6 @@ def join_mixed(a: str, b: str) -> str:
     return a + (" " if a and b and (a[-1].isascii() and a[-1].isalnum() or b[0].isascii() and b[0].isalnum()) else "") + b
 
 
-def run_status(run: dict, unigram: float) -> str:
-    if run["diverged_at"] is not None:
-        return "diverged"
-    if not math.isfinite(run["final_val_loss"]) or run["final_val_loss"] > unigram - STUCK_MARGIN:
-        return "stuck"
-    return "ok"
-
-
 def final_losses(runs: list) -> list:
     return [r["final_val_loss"] if r["diverged_at"] is None else float("nan") for r in runs]
 
@@ -156,20 +148,10 @@ def after_rms(runs: list) -> float:
     return statistics.fmean(vals) if vals else float("nan")
 
 
-def ratio_last_first(values: list) -> float:
-    return values[-1] / values[0] if values and values[0] > 0 else float("nan")
-
-
 def how_worse(runs: list, pre_losses: list, losses: list, unigram: float) -> str:
     """一句话：这个变体比 Pre-Norm 差在哪里（发散 / 停在字频水平 / loss 更高）。"""
-    st = [run_status(r, unigram) for r in runs]
-    n = len(st)
-    bits = []
-    if st.count("diverged"):
-        steps = "、".join(str(r["diverged_at"]) for r in runs if r["diverged_at"] is not None)
-        bits.append(f"{st.count('diverged')}/{n} 个种子发散（第 {steps} 步）")
-    if st.count("stuck"):
-        bits.append(f"{st.count('stuck')}/{n} 个种子停在只按字符频率猜的水平")
+    summary = status_summary(runs, unigram)
+    bits = [summary] if summary else []
     ok = [l for r, l in zip(runs, losses) if run_status(r, unigram) == "ok"]
     if ok and bits:
         c = compare_means(pre_losses, ok)
@@ -182,17 +164,6 @@ def how_worse(runs: list, pre_losses: list, losses: list, unigram: float) -> str
     return "，".join(bits)
 
 
-def status_text(runs: list, unigram: float) -> str:
-    st = [run_status(r, unigram) for r in runs]
-    bits = []
-    if st.count("diverged"):
-        steps = "、".join(str(r["diverged_at"]) for r in runs if r["diverged_at"] is not None)
-        bits.append(f"{st.count('diverged')}/{len(st)} 个种子发散（第 {steps} 步）")
-    if st.count("stuck"):
-        bits.append(f"{st.count('stuck')}/{len(st)} 个种子停在只按字符频率猜的水平")
-    return "，".join(bits)
-
-
 def write_conclusion(runs: dict, grads: dict, rms: dict, unigram: float, depth: int, lr: float, steps: int,
                      n_seeds: int) -> tuple[str, dict]:
     """由数字决定措辞的结论。runs[v] = 每个种子的 TrainResult dict（含训练后的逐层 RMS）。"""
@@ -201,8 +172,8 @@ def write_conclusion(runs: dict, grads: dict, rms: dict, unigram: float, depth: 
     parts, verdict = [], {}
 
     # 1) 初始化时的残差流与梯度
-    r = {v: statistics.fmean(ratio_last_first(x) for x in rms[v]) for v in VARIANTS}
-    g = {v: statistics.fmean(ratio_last_first(x) for x in grads[v]) for v in VARIANTS}
+    r = {v: statistics.fmean(last_first_ratio(x) for x in rms[v]) for v in VARIANTS}
+    g = {v: statistics.fmean(last_first_ratio(x) for x in grads[v]) for v in VARIANTS}
     verdict["init_stream_rms_last_over_first"] = r
     verdict["init_grad_last_over_first"] = g
     parts.append(f"初始化时（{depth} 层）：最后一层与第一层输出的均方根之比——" +
@@ -223,7 +194,7 @@ def write_conclusion(runs: dict, grads: dict, rms: dict, unigram: float, depth: 
     loss = {v: final_losses(runs[v]) for v in VARIANTS}
     bad = {v: any(run_status(x, unigram) != "ok" for x in runs[v]) for v in VARIANTS}
     for v in VARIANTS:
-        st = status_text(runs[v], unigram)
+        st = status_summary(runs[v], unigram)
         if st:
             parts.append(f"{zh[v]}：{st}。")
     for v in ("post", "none"):
@@ -353,8 +324,8 @@ class BlockOrder(Experiment):
         for v in VARIANTS:
             rows.append([
                 NAMES[v][0],
-                f"{statistics.fmean(ratio_last_first(x) for x in rms[v]):.2f}",
-                f"{statistics.fmean(ratio_last_first(x) for x in grads[v]):.2f}",
+                f"{statistics.fmean(last_first_ratio(x) for x in rms[v]):.2f}",
+                f"{statistics.fmean(last_first_ratio(x) for x in grads[v]):.2f}",
                 f"{statistics.fmean(x[-1] for x in rms[v]):.3g} → {after_rms(runs[v]):.3g}",
                 fmt_mean_std(final_losses(runs[v])),
                 "、".join({"ok": "正常", "stuck": "停在字频水平", "diverged": "发散"}[run_status(x, unigram)]
