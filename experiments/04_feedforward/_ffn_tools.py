@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from kata.experiment import pad, summarize
+from kata.experiment import mean_std_curve, pad, summarize
+from kata.plots import plot_loss_curves
 
 # Shazeer 2020, "GLU Variants Improve Transformer", Table 1：T5 式模型预训练 65,536 步后的
 # 验证集 log-perplexity（越低越好）；GLU 变体把 FFN 宽度从 3072 降到 2048，使参数量相同。
@@ -133,3 +134,17 @@ def minimind_param_breakdown(name: str, *, hidden: int, layers: int, heads: int,
     total = sum(parts.values())
     return {"name": name, "parts": parts, "total": total,
             "share": {k: v / total for k, v in parts.items()}}
+
+
+def plot_val_curves(ax, variants: list, n_seeds: int, unigram: float) -> None:
+    """各变体的验证 loss 曲线（多个种子时画均值 ± 标准差），灰线是只按字符频率猜的基线。"""
+    curves = {}
+    for v in variants:
+        steps, mean, std = mean_std_curve(v.runs)
+        curves[v.label] = (steps, mean, std) if len(v.runs) > 1 else (steps, mean)
+    many = n_seeds > 1
+    plot_loss_curves(curves, ax=ax,
+                     title=(f"验证集 loss（{n_seeds} 个种子" + ("，均值 ± 标准差）" if many else "）"),
+                            f"Validation loss ({n_seeds} seed(s)" + (", mean ± std)" if many else ")")),
+                     ylabel=("交叉熵（nats/字符）", "cross-entropy (nats/char)"),
+                     references={("只按字符频率猜", "unigram baseline"): unigram})

@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import math  # noqa: E402
 
 
-from _ffn_tools import (Variant, final_losses, minimind_param_breakdown, paired,  # noqa: E402
+from _ffn_tools import (Variant, final_losses, minimind_param_breakdown, paired, plot_val_curves,  # noqa: E402
                         train_variants)
-from kata.experiment import Experiment, describe_gap, fmt_mean_std, mean_std_curve, summarize, unigram_baseline  # noqa: E402
-from kata.plots import new_figure, plot_loss_curves  # noqa: E402
+from kata.experiment import Experiment, describe_gap, fmt_mean_std, summarize, unigram_baseline  # noqa: E402
+from kata.plots import new_figure  # noqa: E402
 
 # REFERENCES.md：MiniMind2-small 共 25,829,888 个参数（词嵌入与 lm_head 共享）；minimind-3 约 64M
 MINIMIND2_TOTAL = 25_829_888
@@ -193,16 +193,8 @@ class FFNRole(Experiment):
         return "\n".join(parts), verdict
 
     def _plot(self, variants, seeds, unigram):
-        curves = {}
-        for v in variants:
-            steps, mean, std = mean_std_curve(v.runs)
-            curves[v.label] = (steps, mean, std) if len(v.runs) > 1 else (steps, mean)
         fig, axes = new_figure(1, 1, width=7.0, height=4.6)
-        plot_loss_curves(curves, ax=axes[0, 0],
-                         title=(f"验证集 loss（{len(seeds)} 个种子" + ("，均值 ± 标准差）" if len(seeds) > 1 else "）"),
-                                f"Validation loss ({len(seeds)} seed(s)" + (", mean ± std)" if len(seeds) > 1 else ")")),
-                         ylabel=("交叉熵（nats/字符）", "cross-entropy (nats/char)"),
-                         references={("只按字符频率猜", "unigram baseline"): unigram})
+        plot_val_curves(axes[0, 0], variants, len(seeds), unigram)
         self.save_figure(fig, "val_loss")
 
 

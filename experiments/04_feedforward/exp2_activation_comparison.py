@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import math  # noqa: E402
 
-from _ffn_tools import (SHAZEER_2020_TABLE1, SHAZEER_CITE, Variant, final_losses, paired,  # noqa: E402
+from _ffn_tools import (SHAZEER_2020_TABLE1, SHAZEER_CITE, Variant, final_losses, paired, plot_val_curves,  # noqa: E402
                         train_variants)
-from kata.experiment import Experiment, describe_gap, fmt_mean_std, mean_std_curve, summarize, unigram_baseline  # noqa: E402
-from kata.plots import new_figure, plot_loss_curves  # noqa: E402
+from kata.experiment import Experiment, describe_gap, fmt_mean_std, summarize, unigram_baseline  # noqa: E402
+from kata.plots import new_figure  # noqa: E402
 
 PAPER_NAME = {"relu": "ReLU", "gelu": "GELU", "swiglu": "SwiGLU"}
 
@@ -190,16 +190,8 @@ class ActivationComparison(Experiment):
         return "\n".join(parts), verdict
 
     def _plot(self, variants, seeds, unigram):
-        curves = {}
-        for v in variants:
-            steps, mean, std = mean_std_curve(v.runs)
-            curves[v.label] = (steps, mean, std) if len(v.runs) > 1 else (steps, mean)
         fig, axes = new_figure(1, 2, width=6.4, height=4.4)
-        plot_loss_curves(curves, ax=axes[0, 0],
-                         title=(f"验证集 loss（{len(seeds)} 个种子" + ("，均值 ± 标准差）" if len(seeds) > 1 else "）"),
-                                f"Validation loss ({len(seeds)} seed(s)" + (", mean ± std)" if len(seeds) > 1 else ")")),
-                         ylabel=("交叉熵（nats/字符）", "cross-entropy (nats/char)"),
-                         references={("只按字符频率猜", "unigram baseline"): unigram})
+        plot_val_curves(axes[0, 0], variants, len(seeds), unigram)
         ax = axes[0, 1]
         from kata.plots import label
         for i, v in enumerate(variants):
