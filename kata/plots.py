@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 __all__ = [
-    "Label", "cjk_font", "has_cjk_font", "label", "new_figure",
+    "Label", "cjk_font", "has_cjk_font", "label", "new_figure", "position_curve",
     "plot_attention_heatmap", "plot_activation_distribution", "plot_gradient_flow", "plot_loss_curves",
 ]
 
@@ -81,6 +81,20 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 6.4, height: fl
     cjk_font()
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, **kw)
     return fig, axes
+
+
+def position_curve(curves, bins: int = 64) -> tuple[list, list]:
+    """几条逐位置的 loss 曲线（等长）→ 先按位置取平均，再每 k 个位置并成一格（约 bins 格），曲线才看得清。
+
+    返回 (xs, ys)：xs 是每一格的中心位置。
+    """
+    curves = [list(c) for c in curves]
+    n = len(curves[0])
+    mean = [sum(c[i] for c in curves) / len(curves) for i in range(n)]
+    k = max(1, n // bins)
+    xs = [i * k + (k - 1) / 2 for i in range(n // k)]
+    ys = [sum(mean[i * k:(i + 1) * k]) / k for i in range(n // k)]
+    return xs, ys
 
 
 def _as_array(x) -> np.ndarray:

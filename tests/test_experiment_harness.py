@@ -556,3 +556,10 @@ def test_run_status_and_summary():
     text = kx.status_summary([ok, stuck, div], 3.347)
     assert "1/3 个种子发散（第 17 步）" in text and "1/3 个种子卡在只按字符频率猜的水平" in text
     assert kx.last_first_ratio([2.0, 1.0, 6.0]) == 3.0 and math.isnan(kx.last_first_ratio([0.0, 1.0]))
+
+
+def test_position_curve_averages_runs_then_bins():
+    xs, ys = plots.position_curve([[1.0, 3.0, 5.0, 7.0], [3.0, 5.0, 7.0, 9.0]], bins=2)
+    assert xs == [0.5, 2.5] and ys == [3.0, 7.0]          # 平均 [2,4,6,8]，每 2 个位置一格
+    xs, ys = plots.position_curve([[1.0, 2.0, 3.0]], bins=64)
+    assert xs == [0.0, 1.0, 2.0] and ys == [1.0, 2.0, 3.0]  # 比格数短：不合并

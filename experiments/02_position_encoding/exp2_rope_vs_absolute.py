@@ -19,7 +19,7 @@ import statistics  # noqa: E402
 
 
 from kata.experiment import Experiment, fmt_mean_std, pad, summarize, unigram_baseline  # noqa: E402
-from kata.plots import label, new_figure  # noqa: E402
+from kata.plots import label, new_figure, position_curve  # noqa: E402
 
 VARIANTS = ("nope", "learned", "sinusoidal", "rope", "alibi")
 COLORS = {"nope": "C0", "learned": "C1", "sinusoidal": "C2", "rope": "C3", "alibi": "C4"}  # 两张图里颜色一致
@@ -322,10 +322,7 @@ class RopeVsAbsolute(Experiment):
             runs = [c for c in curves[v][m] if c is not None]
             if not runs:
                 continue
-            mean = [statistics.fmean(r[i] for r in runs) for i in range(len(runs[0]))]
-            k = max(1, len(mean) // 64)  # 平滑：每 k 个位置取平均，曲线才看得清
-            xs = [i * k + (k - 1) / 2 for i in range(len(mean) // k)]
-            ys = [statistics.fmean(mean[i * k:(i + 1) * k]) for i in range(len(mean) // k)]
+            xs, ys = position_curve(runs)
             ax.plot(xs, ys, label=label(names[v]), linewidth=1.4, color=COLORS[v])
         ax.axvline(L, color="gray", linestyle=":", linewidth=1)
         ax.set_xlabel(label(("位置（虚线右边是训练时没见过的位置）", "position (right of dotted line: unseen)")))

@@ -23,7 +23,7 @@ import statistics  # noqa: E402
 import torch  # noqa: E402
 
 from kata.experiment import Experiment, fmt_mean_std, summarize  # noqa: E402
-from kata.plots import label, new_figure  # noqa: E402
+from kata.plots import label, new_figure, position_curve  # noqa: E402
 
 MULTS = (1, 2, 4, 8)
 METHODS = ("extrapolate", "pi", "ntk", "yarn", "yarn_temp", "yarn_fixed")
@@ -252,10 +252,7 @@ class LengthExtrapolation(Experiment):
         for k in METHODS:
             if not curves[k]:
                 continue
-            mean = [statistics.fmean(c[i] for c in curves[k]) for i in range(T)]
-            kk = max(1, T // 64)
-            xs = [i * kk + (kk - 1) / 2 for i in range(T // kk)]
-            ys = [statistics.fmean(mean[i * kk:(i + 1) * kk]) for i in range(T // kk)]
+            xs, ys = position_curve(curves[k])
             ax.plot(xs, ys, label=label(NAMES[k]), **styles[k])
         ax.axvline(L, color="gray", linestyle=":", linewidth=1)
         ax.set_xlabel(label(("位置", "position")))
