@@ -188,10 +188,11 @@ class FFNRole(Experiment):
                      f"minimind-3 把宽度从 8/3 规则的 {mm3b['ffn_width']} 加到 π 规则的 {mm3['ffn_width']}，"
                      f"FFN 占比 {100 * mm3['share']['ffn']:.1f}%（若仍用 8/3 规则则是 {100 * mm3b['share']['ffn']:.1f}%）。")
         largest = max(mm2["share"], key=mm2["share"].get)
+        largest_zh = {"embedding": "词嵌入", "attention": "注意力", "norms": "归一化", "ffn": "FFN"}[largest]
         if largest == "ffn" and mm3["share"]["ffn"] > 0.5:
             parts.append("一个 Transformer 的大部分参数在 FFN 里——这也是 Geva 等（2021）把它看作“键值记忆”的出发点（实验 4）。")
         else:
-            parts.append(f"按这次算出的数，FFN 并不是参数最多的部分（MiniMind2-small 里最多的是{ {"embedding": "词嵌入", "attention": "注意力", "norms": "归一化"}.get(largest, largest)}）："
+            parts.append(f"按这次算出的数，FFN 并不是参数最多的部分（MiniMind2-small 里最多的是{largest_zh}）："
                          "如果你的 FeedForward 默认宽度不是 8/3 规则（512 → 1408），先让 pytest exercises/04_feedforward 通过。")
         if not multi:
             parts.append("快速模式只跑了 1 个种子，上面的差距是否超过随机波动无法判断；去掉 --quick 会跑 3 个种子。")
