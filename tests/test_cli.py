@@ -42,7 +42,7 @@ def test_status_lists_every_module_and_a_next_step(monkeypatch, capsys):
     monkeypatch.setattr(cli, "run_tests", fake)
     assert cli.main(["status"]) == 0
     out = capsys.readouterr().out
-    for key in ("01_normalization", "02_position_encoding", "07_training"):
+    for key in ("01_normalization", "02_position_encoding", "07_tokenizer", "10_sft"):
         assert key in out
     assert "0/3" in out and "未开始" in out and "即将上线" in out
     assert "下一步：读 exercises/01_normalization/teaching.md" in out
