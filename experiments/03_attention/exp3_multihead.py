@@ -18,6 +18,7 @@ import statistics  # noqa: E402
 import torch  # noqa: E402
 
 from _attention_tools import default_one_thread, probe_attention  # noqa: E402
+from kata.arms import Arm, final_values, run_arms  # noqa: E402
 from kata.experiment import (Experiment, compare_means, describe_gap, fmt_mean_std, summarize, mean_std_curve,  # noqa: E402
                              unigram_baseline)
 from kata.plots import label, new_figure, plot_loss_curves  # noqa: E402
@@ -27,8 +28,7 @@ VASWANI = ("Vaswani et al. 2017 Table 3 row A（dev 困惑度）：1 个头 5.29
 MICHEL = "Michel et al. 2019（Are Sixteen Heads Really Better than One?）：测试时去掉 20%（WMT）到 40%（BERT）的头，效果没有明显下降"
 
 
-def finals(runs):
-    return [r["final_val_loss"] if r["diverged_at"] is None else float("nan") for r in runs]
+finals = final_values
 
 
 @torch.no_grad()
@@ -149,7 +149,6 @@ class MultiHead(Experiment):
                             help="“去掉后几乎没影响”的阈值：验证 loss 上升小于它（默认 0.01 nats）")
 
     def run(self):
-        from kata.tinylm import TinyLMConfig, build_tiny_lm, count_parameters, train_lm
 
         threads = default_one_thread(self)
         corpus = self.load_corpus()
@@ -167,27 +166,19 @@ class MultiHead(Experiment):
                     ablation_eval_batches=eval_iters, threshold=self.args.threshold, threads=threads,
                     head_mask="output of softmax·v for that head set to 0 before o_proj")
 
-        results, n_params, kept = {h: [] for h in head_counts}, {}, None
-        for h in head_counts:
-            for s in seeds:
-                cfg = TinyLMConfig(vocab_size=corpus.tokenizer.vocab_size, dim=dim, n_layers=layers, n_heads=h,
-                                   max_seq_len=seq_len)
-                model, prov = build_tiny_lm(cfg, impl=self.impl, require=("scaled_dot_product_attention",), seed=s)
-                model.to(self.device)
-                self.record_provenance({f"tinylm[{h} heads]": prov})
-                if not n_params:
-                    print("模型各部件的来源：" + "，".join(f"{k} ← {v}" for k, v in prov.items()))
-                n_params[h] = count_parameters(model)
-                res = train_lm(model, corpus, steps=steps, batch_size=batch, seq_len=seq_len, lr=self.args.lr,
-                               eval_every=max(1, steps // 10), eval_iters=eval_iters, seed=s, device=self.device,
-                               progress=self.progress, desc=f"{h} heads seed {s}")
-                d = res.to_dict()
-                d["seed"] = s
-                results[h].append(d)
-                state = f"发散于第 {res.diverged_at} 步" if res.diverged_at is not None else f"val loss {res.final_val_loss:.3f}"
-                print(f"  {h} 个头（head_dim {dim // h}）seed {s}: {state}，{res.wall_time_s:.1f} 秒")
-                if h == min(ablate_heads, max(head_counts)) and s == seeds[0] and res.diverged_at is None:
-                    kept = model
+        arms = [Arm(str(h), f"{h} 个头（head_dim {dim // h}）", f"{h} heads", {"n_heads": h}) for h in head_counts]
+        keep_heads, kept = min(ablate_heads, max(head_counts)), {}
+
+        def keep_for_ablation(arm, seed, model, run):
+            if int(arm.key) == keep_heads and seed == seeds[0] and run["diverged_at"] is None:
+                kept["model"] = model
+
+        run_arms(self, corpus, arms, seeds, steps=steps, batch=batch, seq_len=seq_len, lr=self.args.lr,
+                 base_cfg={"dim": dim, "n_layers": layers}, require=("scaled_dot_product_attention",),
+                 eval_iters=eval_iters, after_train=keep_for_ablation)
+        results = {h: a.runs for h, a in zip(head_counts, arms)}
+        n_params = {h: a.n_params for h, a in zip(head_counts, arms)}
+        kept = kept.get("model")
 
         gen = torch.Generator().manual_seed(2024)
         batches = [corpus.get_batch("val", batch, seq_len, generator=gen, device=self.device) for _ in range(eval_iters)]
