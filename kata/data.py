@@ -3,6 +3,7 @@
 查找顺序（TinyShakespeare）：``data_file`` 参数 → ``$KATA_DATA_DIR/tinyshakespeare.txt`` →
 缓存目录（``$KATA_CACHE_DIR``，默认 ``~/.cache/minimind-kata``）→ 下载到缓存目录。
 每个找到的文件都会做 sha256 校验；校验不过的文件绝不会被悄悄使用。
+设置 ``KATA_OFFLINE=1`` 时从不联网（本地找不到就直接报“拿不到数据”，由调用者决定是否改用合成语料）。
 
 常用入口::
 
@@ -39,8 +40,8 @@ from tqdm import tqdm
 __all__ = [
     "SHAKESPEARE_URL", "SHAKESPEARE_FILE", "SHAKESPEARE_SHA256", "SHAKESPEARE_BYTES",
     "TINYSTORIES_URL", "TINYSTORIES_FILE", "STORY_SEPARATOR", "CORPUS_NAMES", "SOURCES",
-    "DataError", "DataUnavailableError",
-    "cache_dir", "data_dir", "download", "find_or_download_shakespeare", "fetch_tinystories",
+    "DataError", "DataUnavailableError", "OFFLINE_ENV",
+    "cache_dir", "data_dir", "offline", "check_data_file", "shakespeare_available", "download", "find_or_download_shakespeare", "fetch_tinystories",
     "synthetic_text", "CharTokenizer", "Corpus", "load_corpus", "get_experiment_data", "main",
 ]
 
@@ -83,6 +84,14 @@ class DataUnavailableError(DataError):
 # 目录
 # ---------------------------------------------------------------------------------------------
 
+OFFLINE_ENV = "KATA_OFFLINE"
+
+
+def offline() -> bool:
+    """设置了 ``KATA_OFFLINE=1``（或 true / yes）：只用本地文件，从不下载。"""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def cache_dir() -> Path:
     """缓存目录：``$KATA_CACHE_DIR``，未设置时为 ``~/.cache/minimind-kata``。"""
     env = os.environ.get("KATA_CACHE_DIR")
@@ -93,7 +102,7 @@ def data_dir() -> Optional[Path]:
     """``$KATA_DATA_DIR``（未设置时为 None）。
 
     相对路径按当前目录解析；若当前目录下不存在而相对仓库根目录存在，则用后者——
-    这样 ``KATA_DATA_DIR=../shared/data`` 在 experiments/NN/ 里运行脚本时也能用。
+    这样 ``KATA_DATA_DIR=data``（仓库根目录下的 data/）在 experiments/NN/ 里运行脚本时也能用。
     """
     env = os.environ.get("KATA_DATA_DIR")
     if not env:
@@ -255,12 +264,12 @@ def _shakespeare_unavailable(reason: str, url: str) -> DataUnavailableError:
         f"无法获得 TinyShakespeare（{SHAKESPEARE_FILE}）：本地没有找到，也没能下载。\n"
         f"原因：{reason}\n"
         f"任选一种方式提供数据：\n"
-        f"  1. 设置环境变量 KATA_DATA_DIR，指向包含 {SHAKESPEARE_FILE} 的文件夹，例如\n"
-        f"       export KATA_DATA_DIR=../shared/data\n"
-        f"  2. 运行实验时传入 --data-file PATH（PATH 指向 {SHAKESPEARE_FILE}）\n"
-        f"  3. 在能上网的机器上手动下载\n"
+        f"  1. 在能上网的机器上下载\n"
         f"       {url}\n"
-        f"     保存为 {cache / SHAKESPEARE_FILE}（或放进 KATA_DATA_DIR 指向的文件夹）\n"
+        f"     保存为 {cache / SHAKESPEARE_FILE}（之后自动找到），或存到任意位置再用 2 或 3\n"
+        f"  2. 运行实验时传入 --data-file PATH（PATH 指向那个 {SHAKESPEARE_FILE}）\n"
+        f"  3. 设置环境变量 KATA_DATA_DIR，指向放着 {SHAKESPEARE_FILE} 的文件夹，例如\n"
+        f"       export KATA_DATA_DIR=$HOME/kata-data\n"
         f"  4. 联网时运行 python -m kata.data --download-all，一次准备好所有数据\n"
         f"  文件应为 {SHAKESPEARE_BYTES:,} 字节，sha256 {SHAKESPEARE_SHA256}\n"
         f"Could not get TinyShakespeare ({SHAKESPEARE_FILE}): not found locally and the download failed.\n"
@@ -276,11 +285,7 @@ def _locate_shakespeare(data_file=None, *, download: bool = True, url: Optional[
     url = url or SHAKESPEARE_URL
     expected = SHAKESPEARE_SHA256  # 每次调用时读取模块常量（测试会替换它）
     if data_file is not None:
-        p = Path(data_file).expanduser()
-        if p.is_dir():
-            p = p / SHAKESPEARE_FILE
-        if not p.is_file():
-            raise DataError(f"找不到 --data-file 指定的文件：{p}")
+        p = check_data_file(data_file)
         _check_hash(p, expected, "--data-file 指定的文件")
         return p, "data_file"
 
@@ -307,11 +312,53 @@ def _locate_shakespeare(data_file=None, *, download: bool = True, url: Optional[
 
     if not download:
         raise _shakespeare_unavailable("；".join(looked) + "；且 download=False（不下载）", url)
+    if offline():
+        raise _shakespeare_unavailable("；".join(looked) + f"；且设置了 {OFFLINE_ENV}=1（不下载）", url)
     try:
         _download_url(url, cached, sha256=expected, progress=progress)
     except DataError as exc:
         raise _shakespeare_unavailable("；".join(looked) + f"；下载失败：{exc}", url) from exc
     return cached, "download"
+
+
+def check_data_file(data_file, *, expected_name: Optional[str] = SHAKESPEARE_FILE) -> Path:
+    """``--data-file`` 的值 → 一个存在、可读的普通文件的路径；否则抛出 DataError（只有一句话）。
+
+    指向文件夹时：文件夹里有 ``expected_name`` 就用它，否则报“这是一个文件夹”。
+    """
+    p = Path(data_file).expanduser()
+    want = expected_name or "语料文本文件"
+    if not p.exists():
+        raise DataError(f"--data-file 指定的 {p} 不存在：检查路径拼写（相对路径按当前目录 {Path.cwd()} 解析）。")
+    if p.is_dir():
+        if expected_name and (p / expected_name).is_file():
+            p = p / expected_name
+        else:
+            inside = f"（里面也没有 {expected_name}）" if expected_name else ""
+            raise DataError(f"--data-file 指向的 {p} 是一个文件夹，不是文件{inside}：请指向 {want} 本身，"
+                            f"或者把放着它的文件夹设为 KATA_DATA_DIR。")
+    if not p.is_file():
+        raise DataError(f"--data-file 指向的 {p} 存在，但不是普通文件（可能是设备、管道或套接字）：请指向 {want} 本身。")
+    if not os.access(p, os.R_OK):
+        raise DataError(f"--data-file 指向的 {p} 存在，但当前用户没有读取权限：用 chmod u+r 加上读权限，或换一个文件。")
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as exc:
+        raise DataError(f"--data-file 指向的 {p} 存在，但打不开（{exc.strerror or exc}）：换一个文件。") from None
+    return p
+
+
+def shakespeare_available() -> bool:
+    """本地（KATA_DATA_DIR 或缓存）有没有校验正确的 TinyShakespeare——不联网、不下载、不删文件。"""
+    ddir = data_dir()
+    for p in ([ddir / SHAKESPEARE_FILE] if ddir is not None else []) + [cache_dir() / SHAKESPEARE_FILE]:
+        try:
+            if p.is_file() and _sha256_file(p) == SHAKESPEARE_SHA256:
+                return True
+        except OSError:
+            pass
+    return False
 
 
 def find_or_download_shakespeare(data_file=None, *, download: bool = True,
@@ -413,6 +460,8 @@ def _locate_tinystories(size_mb=DEFAULT_TINYSTORIES_MB, *, url: Optional[str] = 
 
     if not download:
         raise _tinystories_unavailable("；".join(looked) + "；且 download=False（不下载）", url, size_mb)
+    if offline():
+        raise _tinystories_unavailable("；".join(looked) + f"；且设置了 {OFFLINE_ENV}=1（不下载）", url, size_mb)
 
     max_bytes = int(size_mb * MB)
     raw_path = _temp_path_for(cached, "raw")
@@ -757,9 +806,7 @@ def load_corpus(name: str = "shakespeare", *, size_mb=None, data_file=None,
         if name == "shakespeare":
             path, source = _locate_shakespeare(data_file, download=download)
         elif data_file is not None:
-            path, source = Path(data_file).expanduser(), "data_file"
-            if not path.is_file():
-                raise DataError(f"找不到 --data-file 指定的文件：{path}")
+            path, source = check_data_file(data_file, expected_name=None), "data_file"
         else:
             path, source = _locate_tinystories(size_mb or DEFAULT_TINYSTORIES_MB, download=download)
     except DataUnavailableError as exc:
@@ -848,5 +895,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        print("\n已中断。", file=sys.stderr)
+        print("\n已中断" if sys.stderr.isatty() else "已中断", file=sys.stderr)
         sys.exit(130)

@@ -38,33 +38,74 @@ run() 里可用的工具：``self.mode``（smoke / quick / full）与 ``self.by_
 写结论用的 ``summarize`` / ``fmt_mean_std`` / ``compare_means`` / ``describe_gap`` / ``orders_of_magnitude`` /
 ``unigram_baseline``。
 
-``main(argv)`` 返回退出码：0 成功；1 数据拿不到或参数/设备不可用；2 需要的组件还没实现
-（只打印一句中文，不打印 traceback）；130 被 Ctrl-C 中断。
+结果按（模式, 实现）分开存放，互不覆盖::
+
+    experiments/NN/results/<实验名>/<模式>-<实现>.json       例如 quick-exercises.json、full-solutions.json
+    experiments/NN/results/<实验名>/<模式>-<实现>_<图名>.png
+    （实现标签：exercises / solutions / bug-<名字> / path-<文件名>-<路径的哈希>；--out-dir 换掉的是 results/）
+
+同一（模式, 实现）再跑一次会替换上一次的结果，最后的打印会写明替换了哪个文件、那次是什么时候跑的。
+全部文件在 run() 结束后才一起写出（临时文件名各不相同，再 os.replace）：中途出错或按 Ctrl-C，
+磁盘上的旧结果原封不动，也不会留下临时文件。
+
+``main(argv)`` 返回退出码：0 成功；1 数据拿不到或设备不可用；2 参数有问题（结果目录不可写、
+--impl / --data-file 指向不存在或不能用的东西），或需要的组件还没实现（都只打印一句中文，不打印
+traceback，也不开始计算）；130 被 Ctrl-C 中断（只打印“已中断”一行）。
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import datetime as _dt
-import inspect
-import json
-import math
-import os
-import platform
-import random
-import secrets
-import statistics
 import sys
-import time
-import unicodedata
-from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
 
-import numpy as np
-import torch
 
-from kata import impl as kata_impl
-from kata.curriculum import module_of_name
+def _interrupted_hook(exc_type, exc, tb, _previous=sys.excepthook):
+    """脚本在 main() 之外（例如还在 import torch）被 Ctrl-C 打断：只打印一行，退出码 130，不打印 traceback。"""
+    if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+        try:
+            sys.stdout.flush()
+        except Exception:
+            pass
+        try:
+            sys.stderr.write("已中断\n")
+            sys.stderr.flush()
+        finally:
+            import os as _os
+
+            _os._exit(130)  # 这时还没有任何结果文件，也没有临时文件要清理
+    _previous(exc_type, exc, tb)
+
+
+# 尽早装好（在下面导入 numpy / torch 之前）：实验脚本的第一条 kata 导入就是本模块。
+# 只在没人自定义过 excepthook 时装（不干扰 IPython、pytest 之类自带处理的环境）。
+if sys.excepthook is sys.__excepthook__:
+    sys.excepthook = _interrupted_hook
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
+import datetime as _dt  # noqa: E402
+import hashlib  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+import secrets  # noqa: E402
+import signal  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import unicodedata  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Iterable, Optional, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from kata import impl as kata_impl  # noqa: E402
+from kata.curriculum import module_of_name  # noqa: E402
 
 __all__ = [
     "Experiment", "ComponentNotImplemented", "UsageError", "IMPL_CHOICES", "DEVICE_CHOICES", "COMPONENT_PROBES",
@@ -72,8 +113,12 @@ __all__ = [
     "atomic_write_json", "atomic_write_bytes", "to_jsonable", "environment_info", "format_table", "pad",
     "summarize", "mean_std_curve", "fmt_mean_std", "STUCK_MARGIN", "run_status", "status_summary",
     "last_first_ratio", "compare_means", "describe_gap", "orders_of_magnitude", "unigram_baseline",
-    "tidy_spacing",
+    "tidy_spacing", "SetupError", "impl_problem", "commit_files", "SMOKE_NOTICE", "INTERRUPTED", "impl_tag", "display_path", "load_experiment_class",
 ]
+
+# 冒烟模式的结论一律以这句话开头（由 Experiment.conclude / _execute 统一加上，实验脚本不用自己写）
+SMOKE_NOTICE = "（冒烟模式：步数极少、尺寸极小，下面的数字和结论都没有意义，只检查流程。）"
+INTERRUPTED = "已中断"
 
 IMPL_CHOICES = ("exercises", "solutions")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -307,6 +352,101 @@ def atomic_write_json(path: Path, obj) -> Path:
     return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
 
 
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(to_jsonable(obj), ensure_ascii=False, indent=2, allow_nan=False) + "\n").encode("utf-8")
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """这一小段里收到的 Ctrl-C 等它结束后再抛出（只在主线程里有效）：几个文件要么都换成新的，要么都不换。"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        if got:
+            raise KeyboardInterrupt
+
+
+def commit_files(files: dict) -> None:
+    """一次写出几个文件 {路径: 字节}：先全部写进各自的临时文件（名字带随机后缀，并发的运行互不干扰），
+    再一个接一个 os.replace。任何失败或 Ctrl-C 都会删掉临时文件，已有的旧文件保持原样。"""
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
+            temps.append((tmp, path))
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        with _sigint_deferred():
+            for tmp, path in temps:
+                os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def impl_tag(impl: str) -> str:
+    """结果文件名里的实现标签（只含字母、数字、_ . -）：exercises / solutions / bug-<名字> /
+    path-<文件名>-<完整路径的哈希前 8 位>（同名的两个文件不会互相覆盖）。"""
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._-") or "x"
+
+    if impl in IMPL_CHOICES:
+        return impl
+    if impl.startswith("bug:"):
+        return "bug-" + safe(impl[4:])
+    p = Path(impl).expanduser()
+    digest = hashlib.sha256(str(p.resolve()).encode("utf-8")).hexdigest()[:8]
+    return f"path-{safe(p.stem)[:40]}-{digest}"
+
+
+def display_path(path) -> str:
+    """打印给人看的路径：在当前目录之下就写相对路径（从运行命令的地方能直接打开），否则写绝对路径。"""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _repo_relative(path) -> str:
+    """写进 JSON 的路径：仓库里的文件用相对仓库根目录的路径（换台机器也一样），其余写绝对路径。"""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(kata_impl.REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def load_experiment_class(script) -> type:
+    """按路径导入一个实验脚本，返回其中定义的 Experiment 子类（脚本里只应定义一个）。"""
+    import importlib.util
+
+    script = Path(script).resolve()
+    modname = f"_kata_experiment_{script.parent.name}_{script.stem}"
+    mod = sys.modules.get(modname)
+    if mod is None or getattr(mod, "__file__", None) != str(script):
+        spec = importlib.util.spec_from_file_location(modname, script)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = mod
+        spec.loader.exec_module(mod)
+    found = [obj for obj in vars(mod).values() if isinstance(obj, type) and issubclass(obj, Experiment)
+             and obj is not Experiment and obj.__module__ == modname]
+    if len(found) != 1:
+        raise LookupError(f"{script} 里应恰好定义一个 Experiment 子类，实际 {len(found)} 个")
+    return found[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # 表格
 # ---------------------------------------------------------------------------------------------
@@ -499,14 +639,41 @@ def orders_of_magnitude(ratio: float) -> float:
 # ---------------------------------------------------------------------------------------------
 
 def _impl_arg(value: str) -> str:
+    """存在的路径换成绝对路径（JSON 里记下的是哪个文件）；其余原样返回，由 Experiment._check_impl 给出一句话的说明。"""
     if value in IMPL_CHOICES or value.startswith("bug:"):
         return value
     p = Path(value).expanduser()
     if p.exists():
         return str(p.resolve())
-    raise argparse.ArgumentTypeError(
-        f"--impl 应为 exercises 或 solutions（高级：bug:<名字> 或某个 .py 文件/目录的路径），实际为 {value!r}"
-    )
+    return value
+
+
+def _looks_like_path(value: str) -> bool:
+    return any(sep in value for sep in ("/", "\\", os.sep)) or value.endswith(".py") or value.startswith(("~", "."))
+
+
+def impl_problem(impl: str, modules: Sequence[str]) -> Optional[str]:
+    """--impl 的值有问题时返回一句中文（否则 None）。modules：实验用到的模块（用来列出可用的 bug 名字）。"""
+    if impl in IMPL_CHOICES:
+        return None
+    if impl.startswith("bug:"):
+        from kata.bugbank import bugs_for
+
+        name = impl[4:]
+        available = {m: [b.name for b in bugs_for(m)] for m in modules}
+        if any(name in names for names in available.values()):
+            return None
+        listing = "；".join(f"{m}：{'、'.join(names) if names else '（这个模块还没有 bug bank）'}"
+                           for m, names in available.items())
+        return f"--impl bug:{name}：bug bank 里没有叫 {name!r} 的错误实现；这个实验能用的有（{listing}）。"
+    p = Path(impl).expanduser()
+    if p.exists():
+        return None
+    if _looks_like_path(impl):
+        return (f"--impl 指定的文件 {impl} 不存在（按当前目录解析为 {Path.cwd() / p}）：检查路径拼写，"
+                f"或者用 --impl exercises / --impl solutions。")
+    return (f"--impl 只能是 exercises、solutions、bug:<名字>，或者一个存在的 .py 文件/文件夹的路径；"
+            f"收到的 {impl!r} 都不是（当前目录下也没有叫这个名字的文件）。")
 
 
 class _ChineseHelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -540,7 +707,10 @@ class Experiment:
     title: str = ""                      # 中文标题
     description: str = ""                # 中文说明（显示在 --help 里）
     requires: tuple[str, ...] = ()       # 必须来自 --impl 的组件名，例如 ("RMSNorm",)
-    can_use_synthetic: bool = False      # 拿不到 TinyShakespeare 时，可否退回合成语料
+    # 拿不到 TinyShakespeare 时可否退回确定性的合成语料，以及为什么（用到语料的实验都要写明这一句理由，
+    # 退回时打印并记进 JSON；不能退回时，拿不到数据的报错里也会说明原因）
+    can_use_synthetic: bool = False
+    synthetic_reason: str = ""
     script_path: Optional[str] = None    # 结果目录定位用；默认是定义子类的那个文件
     # 不传 --threads 时 PyTorch 用几个 CPU 线程。None = PyTorch 的默认（物理核数）。
     # 这些实验的模型都很小，多线程的同步开销常常大于收益；机器上还有别的进程在跑时，
@@ -551,7 +721,8 @@ class Experiment:
         self.args = args
         self.metrics: dict = {}
         self.conclusion: Optional[str] = None
-        self.figures: list[str] = []
+        self.figures: list[str] = []          # 打印用的路径（相对当前目录或绝对）
+        self._pending_figures: dict = {}       # 文件名 → PNG 字节：run() 结束后与 JSON 一起写出
         self.tables: list[dict] = []
         self.provenance: dict = {}
         self.dataset: Optional[dict] = None
@@ -592,7 +763,8 @@ class Experiment:
         desc = self.title + ("\n\n" + self.description if self.description else "")
         parser = _chinese_parser(
             prog=prog, description=desc,
-            epilog=f"结果（JSON 与 PNG）默认写入 {self._display_path(self.default_out_dir())}/。"
+            epilog=f"结果（JSON 与 PNG）默认写入 {display_path(self.default_out_dir() / self.name)}/"
+                   "<模式>-<实现>.json（例如 quick-exercises.json；不同模式、不同实现的结果互不覆盖）。"
                    "脚本最后打印一张小表和一段根据本次数据算出来的中文结论。",
         )
         g = parser.add_argument_group("通用选项")
@@ -612,7 +784,7 @@ class Experiment:
         g.add_argument("--data-file", default=None, metavar="PATH",
                        help="直接使用这个 tinyshakespeare.txt（否则按 KATA_DATA_DIR → 缓存 → 下载的顺序找）")
         g.add_argument("--out-dir", default=None, metavar="DIR",
-                       help="结果目录（默认是脚本旁边的 results/，与当前目录无关）")
+                       help="结果目录（默认是脚本旁边的 results/，与当前目录无关；结果写在它下面的 <实验名>/ 里）")
         g.add_argument("--threads", type=int, default=None, metavar="N",
                        help=f"PyTorch 在 CPU 上用几个线程（默认 {self.default_threads or 'PyTorch 自己决定'}："
                             "模型很小，多线程的同步开销常常大于收益，机器忙时更是如此；核多又空闲时可以试试更大的 N）")
@@ -638,23 +810,26 @@ class Experiment:
         try:
             exp.execute()
         except KeyboardInterrupt:
-            print("\n已中断。", file=sys.stderr)
+            _print_interrupted()
             return 130
         except kata_impl.ImplLoadError as exc:
             print(_one_line(exc), file=sys.stderr)
             return 2
         except Exception as exc:
-            from kata.data import DataError
+            from kata.data import DataError, DataUnavailableError
 
             if _is_not_implemented(exc):
                 print(exp._not_implemented_message(exc), file=sys.stderr)
                 return 2
             if isinstance(exc, DataError):
                 print(str(exc), file=sys.stderr)
+                if isinstance(exc, DataUnavailableError) and not exp.can_use_synthetic:
+                    why = exp.synthetic_reason.rstrip("。") if exp.synthetic_reason else "它的结论依赖真实语料"
+                    print(f"这个实验不改用合成语料：{why}。", file=sys.stderr)
                 return 1
             if isinstance(exc, UsageError):
                 print(str(exc), file=sys.stderr)
-                return 1
+                return exc.exit_code
             from kata.tinylm import TinyLMConfigError
 
             if isinstance(exc, TinyLMConfigError):
@@ -704,6 +879,7 @@ class Experiment:
         """检查组件 → 固定种子 → run() → 写 JSON。返回写入 JSON 的记录。"""
         if self.args is None:
             self.args = self.build_parser().parse_args([])
+        self.preflight()
         try:
             self.device = pick_device(self.args.device)
         except ValueError as exc:
@@ -726,7 +902,7 @@ class Experiment:
         self._t0 = time.perf_counter()
         cpu0 = time.process_time()
         for name in self.requires:  # 先检查组件：还没实现时只输出那一句话
-            obj = check_component(name, self.impl)
+            obj = _checked_component(name, self.impl)
             self.record_provenance({name: self._provenance_of(name, obj)})
         print(f"== {self.title or self.name} ==")
         print(f"模式：{self.mode_label}｜实现：{kata_impl.describe(self.impl)}｜设备：{self.device}｜种子：{self.seed}")
@@ -734,6 +910,8 @@ class Experiment:
         returned = self.run()
         if returned:
             self.save_metrics(returned)
+        if self.smoke and not self.conclusion:  # 没写结论的实验在冒烟模式下也要有那句“数字没有意义”
+            self.conclude("")
         wall = time.perf_counter() - self._t0
         record = {
             "experiment": self.name,
@@ -752,16 +930,24 @@ class Experiment:
             "tables": self.tables,
             "conclusion": self.conclusion,
             "notes": self.notes,
-            "figures": self.figures,
+            "figures": list(self._pending_figures),   # 与本 JSON 同一文件夹里的 PNG 文件名
             "wall_time_s": round(wall, 3),
             # 本进程用掉的 CPU 时间：机器很忙时 wall time 会被拉长，CPU 时间更接近“空闲机器上要多久”
             "cpu_time_s": round(time.process_time() - cpu0, 3),
             "started_at": started.isoformat(timespec="seconds"),
+            "finished_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "versions": environment_info(self.device),
             "command": getattr(self, "_command", None),
         }
-        self.json_path = atomic_write_json(self.out_dir / f"{self.name}.json", record)
-        print(f"\n结果已写入 {self._display_path(self.json_path)}（用时 {wall:.1f} 秒）")
+        json_path = self.result_json()
+        replaced = _describe_previous(json_path)
+        files = {json_path.parent / name: data for name, data in self._pending_figures.items()}
+        files[json_path] = _json_bytes(record)  # JSON 最后换上：它指向的 PNG 已经就位
+        commit_files(files)
+        self.json_path = json_path
+        print(f"\n结果已写入 {display_path(json_path)}（用时 {wall:.1f} 秒）")
+        if replaced:
+            print(f"它替换了之前同一模式、同一实现的结果（{replaced}）；其他模式或实现的结果不受影响。")
         for fig in self.figures:
             print(f"图：{fig}")
         return record
@@ -802,8 +988,71 @@ class Experiment:
 
     @property
     def out_dir(self) -> Path:
+        """结果的根目录（默认脚本旁边的 results/；--out-dir 换掉的就是它）。"""
         d = getattr(self.args, "out_dir", None)
         return Path(d).expanduser().resolve() if d else self.default_out_dir()
+
+    @property
+    def result_dir(self) -> Path:
+        """本实验的结果文件夹：<out_dir>/<实验名>/。"""
+        return self.out_dir / self.name
+
+    @property
+    def result_stem(self) -> str:
+        """<模式>-<实现标签>，例如 quick-exercises、full-bug-no_eps。"""
+        return f"{self.mode}-{impl_tag(self.impl)}"
+
+    def result_json(self) -> Path:
+        return self.result_dir / f"{self.result_stem}.json"
+
+    # ---- 开始计算之前的检查：参数有问题时一句话、退出码 2、什么都不写 ----------------------
+
+    def preflight(self) -> None:
+        """检查结果目录可写、--impl 与 --data-file 可用；有问题抛出 SetupError（一句中文）。"""
+        problem = self._output_problem() or self._impl_problem() or self._data_file_problem()
+        if problem:
+            raise SetupError(problem)
+
+    def _output_problem(self) -> Optional[str]:
+        root, target = self.out_dir, self.result_dir
+        given = getattr(self.args, "out_dir", None)
+        p = target
+        while not p.exists() and p.parent != p:
+            p = p.parent
+        if not p.is_dir():
+            if p == root and given:
+                return f"--out-dir 指向的 {display_path(root)} 是一个文件，不是文件夹：换一个文件夹，或者先把这个文件移走。"
+            return (f"结果要写进 {display_path(target)}，但路径上的 {display_path(p)} 是一个文件，不是文件夹："
+                    f"把它移走，或者用 --out-dir 换一个文件夹。")
+        if not _can_write_in(p):
+            hint = "换一个可写的文件夹" if given else "用 --out-dir 指定一个可写的文件夹"
+            return f"结果文件夹 {display_path(p)} 不可写（没有写权限或是只读的文件系统），结果没法保存：{hint}。"
+        return None
+
+    def _impl_problem(self) -> Optional[str]:
+        modules: list[str] = []
+        for name in self.requires:
+            try:
+                key = module_of_name(name)[0].key
+            except AttributeError:
+                continue
+            if key not in modules:
+                modules.append(key)
+        if not modules and self.module:
+            modules = [self.module]
+        return impl_problem(self.impl, modules)
+
+    def _data_file_problem(self) -> Optional[str]:
+        data_file = getattr(self.args, "data_file", None)
+        if data_file is None:
+            return None
+        from kata.data import DataError, check_data_file
+
+        try:
+            check_data_file(data_file)
+        except DataError as exc:
+            return _one_line(exc)
+        return None
 
     def by_mode(self, *, smoke, quick, full):
         """按模式取值：``depth = self.by_mode(smoke=4, quick=16, full=32)``。"""
@@ -824,11 +1073,11 @@ class Experiment:
         except Exception:
             files = []
         return {"impl": self.impl, "description": kata_impl.describe(self.impl), "files": [
-            self._display_path(Path(f)) if not str(f).startswith("bug:") else f for f in files]}
+            _repo_relative(Path(f)) if not str(f).startswith("bug:") else f for f in files]}
 
     def component(self, name: str):
         """按 --impl 取一个组件（并记录来源）；还没实现时抛 ComponentNotImplemented。"""
-        obj = check_component(name, self.impl)
+        obj = _checked_component(name, self.impl)
         self.record_provenance({name: self._provenance_of(name, obj)})
         return obj
 
@@ -846,10 +1095,13 @@ class Experiment:
         corpus = load_corpus(name, data_file=self.args.data_file, allow_synthetic=self.can_use_synthetic)
         self.dataset = corpus.info()
         if corpus.fell_back_to_synthetic:
-            note = ("注意：本次没有找到 TinyShakespeare，用的是合成语料，数字与真实语料上的结果不能直接比较"
-                    "（JSON 里 dataset.fell_back_to_synthetic = true）。")
+            why = self.synthetic_reason.rstrip("。")
+            note = ("注意：本次没有找到 TinyShakespeare，改用确定性的合成语料" + (f"（这个实验可以这样做：{why}）" if why else "")
+                    + "；数字与真实语料上的结果不能直接比较（JSON 里 dataset.fell_back_to_synthetic = true）。")
             print(note)
             self.notes.append(note)
+            self.dataset["fallback_notice"] = note
+            self.dataset["synthetic_reason"] = self.synthetic_reason
         else:
             print(f"数据：{corpus.name}（来源 {corpus.source}，{len(corpus.text):,} 个字符，sha256 {corpus.sha256[:12]}…）")
         return corpus
@@ -858,23 +1110,31 @@ class Experiment:
         self.metrics.update(to_jsonable(metrics))
 
     def save_figure(self, fig, name: str) -> Path:
-        """把图存成 results/<实验名>_<name>.png（原子写入），然后关闭它。"""
+        """把图渲染成 PNG 并关闭它；文件 <结果文件夹>/<模式>-<实现>_<name>.png 在实验结束时与 JSON 一起写出。
+
+        返回它将来的路径。中途出错或被 Ctrl-C 打断时，旧的图不会被换掉一半。
+        """
         import io
 
         import matplotlib.pyplot as plt
 
-        stem = name if name.startswith(self.name) else f"{self.name}_{name}"
-        path = self.out_dir / f"{stem}.png"
+        if name.startswith(self.name + "_"):
+            name = name[len(self.name) + 1:]
+        path = self.result_dir / f"{self.result_stem}_{name}.png"
         buf = io.BytesIO()
         try:
             fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         finally:
             plt.close(fig)
-        atomic_write_bytes(path, buf.getvalue())
-        shown = self._display_path(path)
+        self._pending_figures[path.name] = buf.getvalue()
+        shown = display_path(path)
         if shown not in self.figures:
             self.figures.append(shown)
         return path
+
+    def write_pending(self) -> None:
+        """（测试与 notebook 用）不等实验结束，立即写出已渲染的图。"""
+        commit_files({self.result_dir / n: data for n, data in self._pending_figures.items()})
 
     def print_table(self, headers: Sequence, rows: Sequence[Sequence], title: Optional[str] = None) -> None:
         rows = [list(r) for r in rows]
@@ -895,19 +1155,67 @@ class Experiment:
         extra = [n for n in self.notes if n not in text]
         full = tidy_spacing(text.strip()) + ("\n" + "\n".join(extra) if extra else "")
         if self.smoke:
-            full = "（冒烟模式：步数极少、尺寸极小，下面的数字和结论都没有意义，只检查流程。）\n" + full
+            full = (SMOKE_NOTICE + "\n" + full).strip()
         self.conclusion = full
         print("\n结论：")
         print(full)
 
     @staticmethod
     def _display_path(path: Path) -> str:
-        path = Path(path)
-        try:
-            return str(path.resolve().relative_to(kata_impl.REPO_ROOT))
-        except ValueError:
-            return str(path)
+        return display_path(path)
 
 
 class UsageError(RuntimeError):
     """参数或设备不可用：打印一句话，退出码 1。"""
+
+    exit_code = 1
+
+
+class SetupError(UsageError):
+    """开始计算之前就能发现的问题（结果目录不可写、--impl / --data-file 不能用）：一句话，退出码 2。"""
+
+    exit_code = 2
+
+
+def _print_interrupted() -> None:
+    # 终端里进度条可能停在行中间：先换行；不是终端（管道、日志、测试）时只有一行
+    print("\n" + INTERRUPTED if sys.stderr.isatty() else INTERRUPTED, file=sys.stderr, flush=True)
+
+
+def _can_write_in(folder: Path) -> bool:
+    """真的在 folder 里建一个临时文件再删掉（root 用户、只读文件系统上 os.access 不可靠）。"""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        fd, name = tempfile.mkstemp(prefix=".kata-write-check-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+    return True
+
+
+def _describe_previous(json_path: Path) -> str:
+    """已有的结果文件 → “路径，某时运行”；没有时返回空字符串。"""
+    if not json_path.is_file():
+        return ""
+    when = None
+    try:
+        when = json.loads(json_path.read_text(encoding="utf-8")).get("started_at")
+    except (OSError, ValueError, AttributeError):
+        pass
+    if not when:
+        with contextlib.suppress(OSError):
+            when = _dt.datetime.fromtimestamp(json_path.stat().st_mtime).astimezone().isoformat(timespec="seconds")
+    return f"{display_path(json_path)}，那次运行开始于 {when}" if when else display_path(json_path)
+
+
+def _checked_component(name: str, impl: str):
+    """check_component，但 bug:<名字> 不属于这个组件所在模块时给一句话（kata.impl 抛的是 ValueError）。"""
+    try:
+        return check_component(name, impl)
+    except ValueError as exc:
+        if impl.startswith("bug:"):
+            raise SetupError(_one_line(exc) + f"（实验需要的 {name} 来自这个模块）") from None
+        raise

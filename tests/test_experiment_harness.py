@@ -58,6 +58,11 @@ def exp1():
     return load_script(EXP1)
 
 
+def result_file(out_dir: Path, exp: str = "exp_tiny", stem: str = "quick-exercises") -> Path:
+    """结果按（模式, 实现）分开：<out_dir>/<实验名>/<模式>-<实现>.json。"""
+    return Path(out_dir) / exp / f"{stem}.json"
+
+
 def _env():
     env = dict(os.environ)
     env.pop("KATA_IMPL", None)
@@ -168,8 +173,9 @@ def test_impl_accepts_documented_choices_bug_and_paths(tmp_path):
     f = tmp_path / "rmsnorm.py"
     f.write_text(STUB)
     assert kx._impl_arg(str(f)) == str(f.resolve())
-    with pytest.raises(Exception):
-        kx._impl_arg("nonsense-impl")
+    assert kx.impl_problem(str(f.resolve()), ["01_normalization"]) is None
+    assert "不存在" in kx.impl_problem("./nope.py", ["01_normalization"])
+    assert "exercises、solutions" in kx.impl_problem("nonsense-impl", ["01_normalization"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +184,7 @@ def test_impl_accepts_documented_choices_bug_and_paths(tmp_path):
 
 def test_json_has_required_keys_and_is_strict(tmp_path, capsys):
     assert TinyExperiment.main(["--quick", "--seed", "7", "--out-dir", str(tmp_path)]) == 0
-    path = tmp_path / "exp_tiny.json"
+    path = result_file(tmp_path)
     text = path.read_text(encoding="utf-8")
     rec = json.loads(text, parse_constant=lambda c: pytest.fail(f"JSON 里不应有 {c}"))
     assert REQUIRED_KEYS <= set(rec), REQUIRED_KEYS - set(rec)
@@ -189,16 +195,16 @@ def test_json_has_required_keys_and_is_strict(tmp_path, capsys):
     assert set(rec["versions"]) >= {"python", "torch", "numpy", "platform", "device"}
     assert rec["conclusion"] and "B 的验证 loss 比 A 低" in rec["conclusion"]
     assert rec["tables"][0]["headers"] == ["组", "loss"]
-    assert [p.name for p in tmp_path.iterdir()] == ["exp_tiny.json"]   # 没有留下临时文件
+    assert [p.name for p in path.parent.iterdir()] == ["quick-exercises.json"]   # 没有留下临时文件
     out = capsys.readouterr().out
-    assert "结论" in out and "exp_tiny.json" in out
+    assert "结论" in out and str(path) in out     # tmp_path 不在当前目录下：打印绝对路径
 
 
 def test_full_mode_runs_several_seeds(tmp_path):
     before = torch.get_num_threads()
     assert TinyExperiment.main(["--seed", "3", "--threads", "1", "--out-dir", str(tmp_path)]) == 0
     assert torch.get_num_threads() == before   # 线程数在进程内调用后还原
-    rec = json.loads((tmp_path / "exp_tiny.json").read_text(encoding="utf-8"))
+    rec = json.loads(result_file(tmp_path, stem="full-exercises").read_text(encoding="utf-8"))
     assert rec["mode"] == "full" and rec["seeds"] == [3, 4, 5]
     assert rec["versions"]["torch_threads"] == 1 and rec["command"][-1] == str(tmp_path)
     assert "超过了种子间的波动" in rec["conclusion"]
@@ -300,7 +306,7 @@ def test_data_unavailable_exits_1_with_message(offline, tmp_path, capsys):
 
 def test_synthetic_fallback_is_recorded(offline, tmp_path):
     assert NeedsDataWithFallback.main(["--out-dir", str(tmp_path)]) == 0
-    rec = json.loads((tmp_path / "exp_needs_data_fallback.json").read_text(encoding="utf-8"))
+    rec = json.loads(result_file(tmp_path, "exp_needs_data_fallback", "full-exercises").read_text(encoding="utf-8"))
     assert rec["dataset"]["fell_back_to_synthetic"] is True and rec["dataset"]["name"] == "synthetic"
     assert "合成语料" in rec["conclusion"]
 
@@ -312,7 +318,7 @@ def test_data_file_is_honoured(tmp_path, monkeypatch):
         pytest.skip("需要 KATA_DATA_DIR 指向放着 tinyshakespeare.txt 的目录")
     monkeypatch.delenv("KATA_DATA_DIR")
     assert NeedsData.main(["--data-file", str(f), "--out-dir", str(tmp_path)]) == 0
-    rec = json.loads((tmp_path / "exp_needs_data.json").read_text(encoding="utf-8"))
+    rec = json.loads(result_file(tmp_path, "exp_needs_data", "full-exercises").read_text(encoding="utf-8"))
     assert rec["dataset"]["source"] == "data_file" and rec["dataset"]["sha256"] == kata_data.SHAKESPEARE_SHA256
 
 
@@ -368,8 +374,8 @@ def test_unavailable_device_exits_1(tmp_path, capsys):
 def test_flipped_metrics_flip_the_conclusion(tmp_path):
     TinyExperiment.main(["--quick", "--better", "b", "--out-dir", str(tmp_path / "b")])
     TinyExperiment.main(["--quick", "--better", "a", "--out-dir", str(tmp_path / "a")])
-    cb = json.loads((tmp_path / "b" / "exp_tiny.json").read_text(encoding="utf-8"))["conclusion"]
-    ca = json.loads((tmp_path / "a" / "exp_tiny.json").read_text(encoding="utf-8"))["conclusion"]
+    cb = json.loads(result_file(tmp_path / "b").read_text(encoding="utf-8"))["conclusion"]
+    ca = json.loads(result_file(tmp_path / "a").read_text(encoding="utf-8"))["conclusion"]
     assert "低" in cb and "更好" in cb
     assert "高" in ca and "更差" in ca
     assert "只跑了 1 个种子" in ca
@@ -402,11 +408,13 @@ def test_exp1_conclusion_follows_the_numbers(exp1):
 def test_exp1_smoke_writes_json_and_pngs(tmp_path, capsys):
     mod = load_script(EXP1)
     assert mod.GradientVanishing.main(["--impl", "solutions", "--smoke", "--out-dir", str(tmp_path)]) == 0
-    rec = json.loads((tmp_path / "exp1_gradient_vanishing.json").read_text(encoding="utf-8"))
+    path = result_file(tmp_path, "exp1_gradient_vanishing", "smoke-solutions")
+    rec = json.loads(path.read_text(encoding="utf-8"))
     assert REQUIRED_KEYS <= set(rec)
     assert rec["provenance"]["RMSNorm"]["impl"] == "solutions"
-    assert len(rec["figures"]) == 2 and all((tmp_path / Path(f).name).is_file() for f in rec["figures"])
-    assert "冒烟模式" in rec["conclusion"]
+    assert len(rec["figures"]) == 2 and all((path.parent / f).is_file() for f in rec["figures"])
+    assert all(f.startswith("smoke-solutions_") and f.endswith(".png") for f in rec["figures"])
+    assert rec["conclusion"].startswith(kx.SMOKE_NOTICE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,8 +447,11 @@ def test_plot_functions_return_figures_and_save_pngs(tmp_path):
         for name, fig in figs.items():
             assert isinstance(fig, Figure), name
             path = exp.save_figure(fig, name)
-            assert path.name == f"exp_tiny_{name}.png" and _png_ok(path)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+            assert path == tmp_path / "exp_tiny" / f"full-exercises_{name}.png"
+    exp.write_pending()
+    for name in figs:
+        assert _png_ok(tmp_path / "exp_tiny" / f"full-exercises_{name}.png"), name
+    assert not [p for p in (tmp_path / "exp_tiny").iterdir() if p.name.startswith(".")]
 
 
 def test_plot_on_given_axes_returns_its_figure():
