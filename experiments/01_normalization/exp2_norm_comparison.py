@@ -7,6 +7,7 @@
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 
 import math  # noqa: E402
 import statistics  # noqa: E402
@@ -200,6 +201,8 @@ def write_conclusion(results: dict, bench: dict, names: dict, n_seeds: int, step
 class NormComparison(Experiment):
     name = "exp2_norm_comparison"
     module = "01_normalization"
+    can_use_synthetic = True  # 拿不到 TinyShakespeare 时可以改用合成语料
+    synthetic_reason = "它比较的是不同归一化下训练收敛的快慢与稳定性（外加计时），这是优化层面的现象，在任何有结构的字符序列上都能测出来"
     title = "实验 2：不用归一化 vs LayerNorm vs RMSNorm（TinyShakespeare 上的小型字符级语言模型）"
     description = (
         "三个只差归一化层的小型因果语言模型（真实的因果掩码、预测下一个字符），同样的初始化、数据和学习率，\n"

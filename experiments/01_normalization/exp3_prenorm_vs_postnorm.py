@@ -11,6 +11,7 @@
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 
 import math  # noqa: E402
 import statistics  # noqa: E402
@@ -147,6 +148,8 @@ def write_conclusion(grads: dict, runs: dict, depths: list, unigram: float, lr: 
 class PreVsPostNorm(Experiment):
     name = "exp3_prenorm_vs_postnorm"
     module = "01_normalization"
+    can_use_synthetic = True  # 拿不到 TinyShakespeare 时可以改用合成语料
+    synthetic_reason = "它测的是 Pre-LN / Post-LN 初始化时的梯度大小与训练是否发散，这是优化层面的现象，不依赖语料是不是真实英文"
     title = "实验 3：Pre-LN vs Post-LN（同样的学习率、不加 warmup，两种深度）"
     description = (
         "用你的 RMSNorm 搭 Pre-LN 和 Post-LN 两种小型字符级语言模型，各取两种深度，\n"

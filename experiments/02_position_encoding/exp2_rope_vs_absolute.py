@@ -13,6 +13,7 @@
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 
 import math  # noqa: E402
 import statistics  # noqa: E402
@@ -165,6 +166,8 @@ def write_conclusion(window: dict, beyond: dict, names: dict, L: int, n_seeds: i
 class RopeVsAbsolute(Experiment):
     name = "exp2_rope_vs_absolute"
     module = "02_position_encoding"
+    can_use_synthetic = False  # 拿不到 TinyShakespeare 时不改用合成语料
+    synthetic_reason = "长度外推的结论要与 Press 等 2022 在真实文本上的数字对照，依赖真实文本的长程统计；合成语料句子短、模式重复，会给出误导性的结果"
     title = "实验 2：RoPE vs 绝对位置编码——短训练、长评估（长度外推）"
     description = (
         "NoPE、可学习绝对位置、你的正弦位置编码、你的 RoPE、ALiBi 五个只差位置编码的小型字符级因果语言模型，\n"

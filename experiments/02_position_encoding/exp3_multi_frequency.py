@@ -13,6 +13,7 @@ D. 训练小语言模型：多频率（rope_base=1e4）vs 只有一个高频（�
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 
 import math  # noqa: E402
 
@@ -59,6 +60,8 @@ def first_alias(sim: torch.Tensor, start: int = 2, level: float = 0.99):
 class MultiFrequency(Experiment):
     name = "exp3_multi_frequency"
     module = "02_position_encoding"
+    can_use_synthetic = True  # 拿不到 TinyShakespeare 时可以改用合成语料
+    synthetic_reason = "频谱、远程衰减和混叠三部分不用数据；训练部分比较的是模型能否分辨位置，在合成语料上同样成立"
     title = "实验 3：RoPE 的频谱、远程衰减，以及只有一个频率时的混叠"
     description = (
         "用你的 RoPE 画出每一对维度的波长、q·k 上界随距离的衰减、单一频率时位置“撞脸”的混叠，\n"

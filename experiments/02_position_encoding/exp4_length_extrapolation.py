@@ -15,6 +15,7 @@ cos/sin 表（模型权重完全不动，做法是直接替换模型里的 freqs
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 
 import contextlib  # noqa: E402
 import math  # noqa: E402
@@ -151,6 +152,8 @@ def write_conclusion(window: dict, beyond: dict, L: int, n_seeds: int, n_diverge
 class LengthExtrapolation(Experiment):
     name = "exp4_length_extrapolation"
     module = "02_position_encoding"
+    can_use_synthetic = False  # 拿不到 TinyShakespeare 时不改用合成语料
+    synthetic_reason = "位置插值 / NTK / YaRN 的比较依赖真实文本在长距离上的统计；合成语料句子短、模式重复，结论会失真"
     title = "实验 4：长度外推——直接外推 vs 位置插值 vs NTK-aware vs YaRN（零样本）"
     description = (
         "用你的 RoPE 在长度 L 上训练小型字符级语言模型，再在 2L、4L、8L 上评估：只替换 cos/sin 表，\n"

@@ -7,6 +7,7 @@
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import statistics  # noqa: E402
@@ -117,6 +118,8 @@ def write_conclusion(per_seed: list, n_layers: int, n_heads: int, unigram: float
 class AttentionBasics(Experiment):
     name = "exp1_attention_basics"
     module = "03_attention"
+    can_use_synthetic = False  # 拿不到 TinyShakespeare 时不改用合成语料
+    synthetic_reason = "它要看训练后的注意力头在真实英文上学到了哪些分工，合成语料只会给出合成文法的模式"
     title = "实验 1：注意力在看哪里？（TinyShakespeare 上的小模型，每个头的注意力热力图）"
     description = (
         "训练一个 4 层、每层 4 个头的字符级因果语言模型，用你的 scaled_dot_product_attention 读出每个头的注意力权重，\n"

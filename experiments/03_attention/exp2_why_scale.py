@@ -10,6 +10,7 @@ B. 真实训练：两种 head_dim（4 个头 × 16 维、1 个头 × 64 维，�
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import math  # noqa: E402
@@ -181,6 +182,8 @@ def write_conclusion(syn: dict, results: dict, variants: list, n_seeds: int, ste
 class WhyScale(Experiment):
     name = "exp2_why_scale"
     module = "03_attention"
+    can_use_synthetic = True  # 拿不到 TinyShakespeare 时可以改用合成语料
+    synthetic_reason = "它测的是除不除 √D 对注意力熵、梯度和训练稳定性的影响，这是优化层面的现象，不依赖语料是不是真实英文"
     title = "实验 2：为什么注意力分数要除以 √D？"
     description = (
         "A：随机 q、k 上，用你的 scaled_dot_product_attention 比较除 / 不除 √D 时 softmax 的熵、最大权重和梯度（D = 4…256）。\n"

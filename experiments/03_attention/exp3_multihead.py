@@ -9,6 +9,7 @@ B. 在训练好的 4 头模型上，每次把一个头的输出置零（softmax�
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import contextlib  # noqa: E402
@@ -134,6 +135,8 @@ def write_conclusion(results: dict, head_counts: list, abl: dict, n_seeds: int, 
 class MultiHead(Experiment):
     name = "exp3_multihead"
     module = "03_attention"
+    can_use_synthetic = False  # 拿不到 TinyShakespeare 时不改用合成语料
+    synthetic_reason = "多头与去掉头的结论（Vaswani 等 2017、Michel 等 2019）关乎真实语言里多种依赖关系；合成文法的依赖少而整齐，代表不了"
     title = "实验 3：为什么要多头？（1/2/4/8 个头，参数量相同；再逐个去掉头）"
     description = (
         "A：dim=64 的 2 层小模型，头数 1/2/4/8（参数量相同），在 TinyShakespeare 上比较验证 loss（完整模式 3 个种子）。\n"

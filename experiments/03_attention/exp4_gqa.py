@@ -9,6 +9,7 @@ C. MiniMind2 尺寸（dim 512、8 个 query 头、head_dim 64）的单层解码�
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import math  # noqa: E402
@@ -264,6 +265,8 @@ def write_conclusion(variants, results, n_params, bytes_info, checks, speed, noc
 class GQAExperiment(Experiment):
     name = "exp4_gqa"
     module = "03_attention"
+    can_use_synthetic = True  # 拿不到 TinyShakespeare 时可以改用合成语料
+    synthetic_reason = "主要结论（KV cache 的字节数、解码速度、cache 与一次性前向一致）与语料无关；验证 loss 只是三种注意力之间的相对比较"
     title = "实验 4：MHA vs GQA vs MQA（参数、KV cache 字节数、验证 loss、带 cache 的解码速度）"
     description = (
         "8 个 query 头、KV 头 8 / 2 / 1 的小模型在 TinyShakespeare 上训练；再把权重装进你的 Attention，\n"

@@ -11,6 +11,7 @@ B. 数参数：MiniMind2-small 与 minimind-3 的真实配置里，FFN 占了多
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import math  # noqa: E402
@@ -54,6 +55,8 @@ def minimind_configs(FeedForward) -> list:
 class FFNRole(Experiment):
     name = "exp1_ffn_role"
     module = "04_feedforward"
+    can_use_synthetic = False  # 拿不到 TinyShakespeare 时不改用合成语料
+    synthetic_reason = "FFN 的作用要在真实文本上才看得出；合成语料的词汇和文法都很小，会低估 FFN"
     title = "实验 1：FFN 的作用——纯注意力 vs 注意力 + FFN，以及 FFN 在 MiniMind 里占多少参数"
     description = (
         "同样 4 层：有没有 FFN 子层，验证 loss 差多少？把 FFN 的参数换成更多注意力层（12 层纯注意力，\n"

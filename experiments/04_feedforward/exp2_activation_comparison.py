@@ -12,6 +12,7 @@
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import math  # noqa: E402
@@ -27,6 +28,8 @@ PAPER_NAME = {"relu": "ReLU", "gelu": "GELU", "swiglu": "SwiGLU"}
 class ActivationComparison(Experiment):
     name = "exp2_activation_comparison"
     module = "04_feedforward"
+    can_use_synthetic = False  # 拿不到 TinyShakespeare 时不改用合成语料
+    synthetic_reason = "要与 Shazeer 2020 在真实文本上的数字对照；激活函数之间的差距只有百分之几，合成语料上的差距说明不了真实语言的情况"
     title = "实验 2：ReLU-MLP vs GELU-MLP vs SwiGLU（参数量相同，TinyShakespeare）"
     description = (
         "三个只差 FFN 的小型字符级语言模型，FFN 参数量逐个相等。完整模式 3 个种子，报告验证 loss 的\n"

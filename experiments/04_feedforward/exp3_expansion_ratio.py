@@ -8,6 +8,7 @@
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import math  # noqa: E402
@@ -49,6 +50,8 @@ def spearman(xs, ys) -> float:
 class ExpansionRatio(Experiment):
     name = "exp3_expansion_ratio"
     module = "04_feedforward"
+    can_use_synthetic = False  # 拿不到 TinyShakespeare 时不改用合成语料
+    synthetic_reason = "要与 Vaswani 等 2017 在真实文本上“越宽越好”的数字对照；合成语料词汇很小，宽度的收益会很快饱和，结论会失真"
     title = "实验 3：FFN 隐层宽度 1× / 2× / 8/3× / 4× / 8× dim——验证 loss 与参数量"
     description = (
         "只改你的 FeedForward 的 hidden_dim，其余完全相同。画“验证 loss vs 参数量”，\n"

@@ -14,6 +14,7 @@
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import statistics  # noqa: E402
@@ -128,6 +129,8 @@ def layer_stats(coeffs: torch.Tensor, x: torch.Tensor, y: torch.Tensor, vlog: to
 class KeyValueMemory(Experiment):
     name = "exp4_key_value_memory"
     module = "04_feedforward"
+    can_use_synthetic = False  # 拿不到 TinyShakespeare 时不改用合成语料
+    synthetic_reason = "它要看 FFN 神经元在真实英文里被什么上下文触发、推高哪些字符（Geva 等 2021），这正是关于语料内容的结论"
     title = "实验 4：FFN 是键值记忆吗？（Geva 等 2021 的方法，玩具尺度）"
     description = (
         "训练一个用你的 FeedForward 的小模型，用 forward hook 读出 FFN 的系数，看几个神经元的触发上下文（键）\n"

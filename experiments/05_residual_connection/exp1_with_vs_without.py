@@ -11,6 +11,7 @@
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # 同目录的 _residual_lm.py
 
 import math  # noqa: E402
@@ -102,6 +103,8 @@ def grad_sentence(depths: list, grads: dict, arms: list) -> tuple[str, bool]:
 class WithVsWithout(Experiment):
     name = "exp1_with_vs_without"
     module = "05_residual_connection"
+    can_use_synthetic = True  # 拿不到 TinyShakespeare 时可以改用合成语料
+    synthetic_reason = "它测的是有无残差时的秩坍缩、梯度流和能否训练起来，这是优化层面的现象，不依赖语料是不是真实英文"
     title = "实验 1：为什么需要残差连接？（有 / 没有残差，4 / 8 / 16 层）"
     description = (
         "同一个字符级小语言模型，每个 block 的注意力和 FFN 用你写的 PreNormResidual 包起来（有残差），\n"

@@ -9,6 +9,7 @@ He 等（2016）在 ImageNet 上看到：没有残差的“plain”网络从 18 
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # 同目录的 _residual_lm.py
 
 import math  # noqa: E402
@@ -142,6 +143,8 @@ def conclusion(depths: list, runs: dict, unigram: float, n_seeds: int, steps: in
 class DepthScaling(Experiment):
     name = "exp2_depth_scaling"
     module = "05_residual_connection"
+    can_use_synthetic = True  # 拿不到 TinyShakespeare 时可以改用合成语料
+    synthetic_reason = "它比较的是加深网络时有无残差的可训练性（He 等 2016 的退化问题），这是优化层面的现象，不依赖语料是不是真实英文"
     title = "实验 2：加深网络，谁受益？（有 / 没有残差时，验证 loss 随层数的变化）"
     description = (
         "同一个字符级小语言模型取不同的层数，每个子层用你写的 PreNormResidual 包起来（有残差），\n"

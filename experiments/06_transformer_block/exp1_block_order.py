@@ -15,6 +15,7 @@
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 
 import math  # noqa: E402
 import statistics  # noqa: E402
@@ -254,6 +255,8 @@ def write_conclusion(runs: dict, grads: dict, rms: dict, unigram: float, depth: 
 class BlockOrder(Experiment):
     name = "exp1_block_order"
     module = "06_transformer_block"
+    can_use_synthetic = True  # 拿不到 TinyShakespeare 时可以改用合成语料
+    synthetic_reason = "它测的是块内组装顺序对残差流尺度、梯度和训练稳定性的影响，这是优化层面的现象，不依赖语料是不是真实英文"
     title = "实验 1：块的组装顺序——Pre-Norm vs Post-Norm vs 不归一化（同一个学习率、不加 warmup）"
     description = (
         "用你写的 MiniMindForCausalLM（你的块、你的 RMSNorm / Attention / FeedForward）搭一个 8 层的字符级模型，\n"

@@ -12,6 +12,7 @@
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 
 import math  # noqa: E402
 import statistics  # noqa: E402
@@ -153,6 +154,8 @@ def write_conclusion(variants: dict, results: dict, n_params: dict, times: dict,
 class ComponentAblation(Experiment):
     name = "exp2_component_ablation"
     module = "06_transformer_block"
+    can_use_synthetic = False  # 拿不到 TinyShakespeare 时不改用合成语料
+    synthetic_reason = "每个设计选择值多少要与真实文本上的经验对照；多项差距只有几百分之一 nat，合成语料上的排序说明不了真实语言的情况"
     title = "实验 2（毕业实验）：每个设计选择值多少——完整 MiniMind 块 vs 只改一处"
     description = (
         "完整的 MiniMind 块对照 8 个“只改一处”的变体（LayerNorm、不归一化、NoPE、可学习绝对位置、ReLU-MLP、\n"
