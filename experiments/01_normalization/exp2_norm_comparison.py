@@ -16,9 +16,10 @@ import time  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from kata.experiment import (Experiment, compare_means, describe_gap, fmt_mean_std, pad, summarize, mean_std_curve,  # noqa: E402
+from kata.experiment import (Experiment, compare_means, describe_gap, fmt_mean_std, summarize, mean_std_curve,  # noqa: E402
                              unigram_baseline)
 from kata.plots import new_figure, plot_loss_curves  # noqa: E402
+from kata.arms import Arm, run_arms  # noqa: E402
 
 VARIANTS = ("none", "layernorm", "rmsnorm")
 PAPER_SPEEDUP = "Zhang & Sennrich 2019（Root Mean Square Layer Normalization, NeurIPS）报告 RMSNorm 的运行时间比 LayerNorm 少 7%–64%（视模型而定）"
@@ -218,8 +219,6 @@ class NormComparison(Experiment):
         parser.add_argument("--dim", type=int, default=64, help="隐藏维度（默认 64）")
 
     def run(self):
-        from kata.tinylm import TinyLMConfig, build_tiny_lm, count_parameters, train_lm
-
         names = variant_names(self.impl)
         corpus = self.load_corpus()
         self.unigram = unigram_baseline(corpus)
@@ -235,28 +234,12 @@ class NormComparison(Experiment):
                     batch_size=batch, seq_len=seq_len, eval_every=eval_every, eval_iters=eval_iters,
                     norm_position="pre", schedule="cosine decay to 0.1·lr, no warmup (kata.tinylm.train_lm)")
 
-        results = {v: [] for v in VARIANTS}
-        provenance_printed = False
-        n_params = {}
-        for v in VARIANTS:
-            for s in seeds:
-                cfg = TinyLMConfig(vocab_size=corpus.tokenizer.vocab_size, dim=dim, n_layers=layers, n_heads=4,
-                                   max_seq_len=seq_len, norm=v)
-                model, prov = build_tiny_lm(cfg, impl=self.impl, require=("RMSNorm",), seed=s)
-                model.to(self.device)
-                self.record_provenance({f"tinylm[{v}]": prov})
-                if not provenance_printed:
-                    print("模型各部件的来源：" + "，".join(f"{k} ← {val}" for k, val in prov.items()))
-                    provenance_printed = True
-                n_params[v] = count_parameters(model)
-                res = train_lm(model, corpus, steps=steps, batch_size=batch, seq_len=seq_len, lr=lr, warmup_steps=0,
-                               grad_clip=1.0, eval_every=eval_every, eval_iters=eval_iters, seed=s,
-                               device=self.device, progress=self.progress, desc=f"{names[v][1]} seed {s}")
-                d = res.to_dict()
-                d["seed"] = s
-                results[v].append(d)
-                state = f"发散于第 {res.diverged_at} 步" if res.diverged_at is not None else f"val loss {res.final_val_loss:.3f}"
-                print(f"  {pad(names[v][0], 14)} seed {s}: {state}，{res.tokens_per_sec:,.0f} tokens/s，{res.wall_time_s:.1f} 秒")
+        arms = [Arm(v, names[v][0], names[v][1], {"norm": v}) for v in VARIANTS]
+        run_arms(self, corpus, arms, seeds, steps=steps, batch=batch, seq_len=seq_len, lr=lr,
+                 base_cfg={"dim": dim, "n_layers": layers, "n_heads": 4}, require=("RMSNorm",),
+                 eval_every=eval_every, eval_iters=eval_iters)
+        results = {a.key: a.runs for a in arms}
+        n_params = {a.key: a.n_params for a in arms}
 
         # 计时
         bshape = self.by_mode(smoke=(4, 16, 64), quick=(32, 128, 512), full=(32, 128, 512))

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from _attention_tools import default_one_thread, rope_tables  # noqa: E402
+from kata.arms import Arm, run_arms  # noqa: E402
 from kata.experiment import (ComponentNotImplemented, Experiment, check_component, compare_means, mean_std_curve,  # noqa: E402
                              describe_gap, fmt_mean_std, not_implemented_sentence, summarize)
 from kata.plots import label, new_figure, plot_loss_curves  # noqa: E402
@@ -290,8 +291,6 @@ class GQAExperiment(Experiment):
         return super().execute()
 
     def run(self):
-        from kata.tinylm import TinyLMConfig, build_tiny_lm, count_parameters, train_lm
-
         threads = default_one_thread(self)
         Attention = getattr(self, "_attention_cls", None) or check_attention(self.impl)
         self.record_provenance({"Attention": self._provenance_of("Attention", Attention)})
@@ -313,28 +312,19 @@ class GQAExperiment(Experiment):
                                                                "repeats": repeats, "greedy": True},
                     big_step={"dim": 512, "n_heads": 8, "head_dim": 64, "context": context}, threads=threads)
 
-        results, n_params, models = {v["key"]: [] for v in variants}, {}, {}
-        for v in variants:
-            for s in seeds:
-                cfg = TinyLMConfig(vocab_size=corpus.tokenizer.vocab_size, dim=dim, n_layers=layers, n_heads=heads,
-                                   n_kv_heads=v["kv"], max_seq_len=seq_len)
-                model, prov = build_tiny_lm(cfg, impl=self.impl, require=("scaled_dot_product_attention", "repeat_kv"),
-                                            seed=s)
-                model.to(self.device)
-                self.record_provenance({f"tinylm[{v['key']}]": prov})
-                if not n_params:
-                    print("模型各部件的来源：" + "，".join(f"{k} ← {val}" for k, val in prov.items()))
-                n_params[v["key"]] = count_parameters(model)
-                res = train_lm(model, corpus, steps=steps, batch_size=batch, seq_len=seq_len, lr=self.args.lr,
-                               eval_every=max(1, steps // 10), eval_iters=self.by_mode(smoke=2, quick=8, full=10),
-                               seed=s, device=self.device, progress=self.progress, desc=f"{v['name_en']} seed {s}")
-                d = res.to_dict()
-                d["seed"] = s
-                results[v["key"]].append(d)
-                if s == seeds[0]:
-                    models[v["key"]] = model
-                state = f"发散于第 {res.diverged_at} 步" if res.diverged_at is not None else f"val loss {res.final_val_loss:.3f}"
-                print(f"  {v['name']} seed {s}: {state}，{res.wall_time_s:.1f} 秒")
+        arms = [Arm(v["key"], v["name"], v["name_en"], {"n_kv_heads": v["kv"]}) for v in variants]
+        models = {}
+
+        def keep_first_seed(arm, seed, model, run):
+            if seed == seeds[0]:
+                models[arm.key] = model
+
+        run_arms(self, corpus, arms, seeds, steps=steps, batch=batch, seq_len=seq_len, lr=self.args.lr,
+                 base_cfg={"dim": dim, "n_layers": layers, "n_heads": heads},
+                 require=("scaled_dot_product_attention", "repeat_kv"),
+                 eval_iters=self.by_mode(smoke=2, quick=8, full=10), after_train=keep_first_seed)
+        results = {a.key: a.runs for a in arms}
+        n_params = {a.key: a.n_params for a in arms}
 
         # B：装进你的 Attention，用 KV cache 解码（在 CPU 上测，与训练设备无关）
         gen = torch.Generator().manual_seed(7)
