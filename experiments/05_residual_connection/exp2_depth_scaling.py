@@ -17,10 +17,11 @@ import statistics  # noqa: E402
 
 import torch  # noqa: E402
 
-from kata.experiment import (STUCK_MARGIN, Experiment, UsageError, compare_means, fmt_mean_std, pad,  # noqa: E402
+from kata.experiment import (STUCK_MARGIN, Experiment, UsageError, compare_means, fmt_mean_std,  # noqa: E402
                              summarize, unigram_baseline)
 from kata.plots import label, new_figure, plot_loss_curves  # noqa: E402
 from _residual_lm import ARM_NAMES, build_model, impl_label, load_residual  # noqa: E402
+from kata.arms import Arm, run_arms  # noqa: E402
 
 ARMS = ("res", "plain")
 TIE = 0.005           # 两个深度的平均 loss 相差不超过它，就算“一样”
@@ -162,7 +163,7 @@ class DepthScaling(Experiment):
                             help="学习率线性 warmup 的步数（默认：总步数的 10%%；所有变体相同）")
 
     def run(self):
-        from kata.tinylm import TinyLMConfig, train_lm
+        from kata.tinylm import TinyLMConfig
 
         residual_cls, note = load_residual(self.impl)
         if note:
@@ -194,30 +195,18 @@ class DepthScaling(Experiment):
             return TinyLMConfig(vocab_size=corpus.tokenizer.vocab_size, dim=dim, n_layers=d, n_heads=4,
                                 max_seq_len=seq_len, norm="rmsnorm", norm_position="pre")
 
+        print(f"“有残差”一组的每个子层都由{impl_label(self.impl)} 包起来；“无残差”一组只是不加回 x。")
+        arms = [Arm(f"{arm}/{d}L", f"{ARM_NAMES[arm][0]} {d} 层", f"{ARM_NAMES[arm][1][:11]} {d}L",
+                    build=lambda s, arm=arm, d=d: build_model(cfg(d), self.impl, arm, s, residual_cls, self.device))
+                for d in depths for arm in ARMS]
+        run_arms(self, corpus, arms, seeds, steps=steps, batch=batch, seq_len=seq_len, lr=lr, warmup_steps=warmup,
+                 eval_every=eval_every, eval_iters=eval_iters)
+        it = iter(arms)
         runs, params = {}, {}
-        printed = False
         for d in depths:
             for arm in ARMS:
-                runs[(arm, d)] = []
-                for s in seeds:
-                    model, prov = build_model(cfg(d), self.impl, arm, s, residual_cls, self.device)
-                    if not printed:
-                        print("模型各部件的来源（你还没写完的部件来自参考实现）：")
-                        for k, v in prov.items():
-                            print(f"  {k} ← {v}")
-                        print(f"“有残差”一组的每个子层都由{impl_label(self.impl)} 包起来；“无残差”一组只是不加回 x。")
-                        printed = True
-                    self.record_provenance({f"tinylm[{arm}/{d}L]": prov})
-                    params[d] = sum(p.numel() for p in model.parameters())
-                    res = train_lm(model, corpus, steps=steps, batch_size=batch, seq_len=seq_len, lr=lr,
-                                   warmup_steps=warmup, grad_clip=1.0, eval_every=eval_every, eval_iters=eval_iters,
-                                   seed=s, device=self.device, progress=self.progress,
-                                   desc=f"{ARM_NAMES[arm][1][:11]} {d}L seed {s}")
-                    r = {**res.to_dict(), "seed": s}
-                    runs[(arm, d)].append(r)
-                    text = (f"发散于第 {r['diverged_at']} 步" if r["diverged_at"] is not None
-                            else f"val loss {r['final_val_loss']:.3f}")
-                    print(f"  {pad(ARM_NAMES[arm][0], 20)} {d:>2} 层 seed {s}：{text}，{r['wall_time_s']:.1f} 秒")
+                a = next(it)
+                runs[(arm, d)], params[d] = a.runs, a.n_params
 
         self._plots(depths, runs, unigram, seeds)
         rows = []
