@@ -36,10 +36,13 @@ def precompute_freqs_cis(dim: int, end: int = 32 * 1024, rope_base: float = 1e6,
 
     只有 end > L 时才改频率（没超过原训练长度就不需要外推）：
     1. “在 L 个位置里转 b 圈”的那一对的编号：i(b) = dim · ln(L / (2π·b)) / (2 · ln rope_base)；
-    2. low = max(floor(i(β_fast)), 0)，high = min(ceil(i(β_slow)), h − 1)；
+    2. low = max(floor(i(β_fast)), 0)，high = min(ceil(i(β_slow)), h − 1)——两个截断都不能省：
+       L 小时 i(β_fast) 是负数，rope_base 或 dim 小时 i(β_slow) 会超过最后一对 h − 1（测试专门检查这两种设置）；
     3. 斜坡 γ_i = clamp((i − low) / max(high − low, 0.001), 0, 1)；
     4. θ'_i = θ_i · ((1 − γ_i) + γ_i / s)——高频（γ=0）不动，低频（γ=1）除以 s，中间线性过渡。
-    attention_factor 与 minimind 一样直接乘到 cos 表和 sin 表上。
+    attention_factor 与 minimind 一样直接乘到 cos 表和 sin 表上。字典里没写的键用括号里的默认值；
+    每个键都要真的读进来（测试会用非默认的 beta_fast、beta_slow、factor、L、attention_factor）。
+    这一段的原理见 teaching.md §5.4。
 
     返回：(cos, sin)，各 [end, dim]，float32。
 
@@ -107,11 +110,14 @@ def sinusoidal_position_encoding(max_len: int, dim: int, base: float = 10000.0) 
         PE[pos, 2i + 1] = cos(pos / base^(2i / dim))
 
     偶数维放 sin、奇数维放 cos（与论文一样**交错**排列，和 RoPE 的 half-split 不同）。
+    dim 可以是奇数：那时最后一维（第 dim−1 维，编号是偶数）放第 (dim−1)/2 对的 sin，没有与它配对的 cos
+    ——一共 ⌈dim/2⌉ 个频率，sin 占 ⌈dim/2⌉ 列、cos 只占 ⌊dim/2⌋ 列。base 是公式里的 10000，可以改。
 
     返回：[max_len, dim]，float32。
 
     提示：
-    - 先算 [max_len, ⌈dim/2⌉] 的角度表，再用 `pe[:, 0::2] = …`、`pe[:, 1::2] = …` 填进一张零表；
+    - 先算 [max_len, ⌈dim/2⌉] 的角度表，再用 `pe[:, 0::2] = …`、`pe[:, 1::2] = …` 填进一张零表
+      （dim 为奇数时 `pe[:, 1::2]` 只有 ⌊dim/2⌋ 列：cos 只取角度表的前 dim // 2 列）；
     - 位置可达几千：在 float64 里算角度再转 float32，结果更准；
     - 这是本模块实验 2 里“正弦绝对位置”那个变体用的表。
     """

@@ -27,7 +27,7 @@ ROPE = "teaching.md §2（RoPE：把位置写成旋转）"
 HALF = "teaching.md §2.3（half-split 与交错配对）"
 FREQ = "teaching.md §3（为什么要很多个频率）"
 ABS = "teaching.md §4.1（正弦位置编码）"
-YARN = "teaching.md §5.3（YaRN）"
+YARN = "teaching.md §5.4（YaRN 与 minimind 的实现）"
 VERIFY = "teaching.md §6（如何验证）"
 
 # 容差只在这里写一次，每个都有理由
@@ -105,14 +105,38 @@ def _complex_rope(x: torch.Tensor, positions: torch.Tensor, theta: torch.Tensor)
 
 
 def _yarn_ratio64(dim, base, orig, factor, beta_fast, beta_slow) -> torch.Tensor:
-    """独立写的 minimind YaRN：每一对频率被乘上的比例 (1−γ_i) + γ_i/factor，float64。"""
-    def pair_index(rotations):  # 在 orig 个位置内恰好转 rotations 圈的那一对（可以是小数）
-        return dim * math.log(orig / (2 * math.pi * rotations)) / (2 * math.log(base))
+    """独立写的 minimind YaRN：每一对频率被乘上的比例，float64。
 
-    low = max(math.floor(pair_index(beta_fast)), 0)
-    high = min(math.ceil(pair_index(beta_slow)), dim // 2 - 1)
-    gamma = [min(max((i - low) / max(high - low, 0.001), 0.0), 1.0) for i in range(dim // 2)]
-    return torch.tensor([(1 - g) + g / factor for g in gamma], dtype=torch.float64)
+    写法特意与实现不同：“转 b 圈的那一对”用 log 以 base 为底写成 (dim/2)·log_base(L / 2πb)，
+    截断用 if 写，斜坡用分段函数写，比例写成 1/s + (1 − 1/s)·(1 − γ)。
+    """
+    half = dim // 2
+
+    def pair_turning(turns):  # 在 orig 个位置内恰好转 turns 圈的那一对（可以是小数、负数或超过 half）
+        return (dim / 2) * math.log(orig / (2 * math.pi * turns), base)
+
+    lo, hi = math.floor(pair_turning(beta_fast)), math.ceil(pair_turning(beta_slow))
+    if lo < 0:
+        lo = 0                  # 编号为负的对不存在：斜坡最早从第 0 对开始
+    if hi > half - 1:
+        hi = half - 1           # 编号超过最后一对也不存在：斜坡最晚在第 half−1 对结束
+    ratios = []
+    for i in range(half):
+        if i <= lo:
+            gamma = 0.0
+        elif i >= hi:
+            gamma = 1.0
+        else:
+            gamma = (i - lo) / (hi - lo)
+        ratios.append(1.0 / factor + (1.0 - 1.0 / factor) * (1.0 - gamma))
+    return torch.tensor(ratios, dtype=torch.float64)
+
+
+def _yarn_bounds_unclamped(dim, base, orig, beta_fast, beta_slow):
+    """（测试自检用）不截断时的 low、high。"""
+    def pair_turning(turns):
+        return (dim / 2) * math.log(orig / (2 * math.pi * turns), base)
+    return math.floor(pair_turning(beta_fast)), math.ceil(pair_turning(beta_slow))
 
 
 def _pipeline_run(q, k, dim, base, which):
@@ -397,6 +421,80 @@ def test_yarn_attention_factor_scales_cos_and_sin(impl):
                  what="YaRN：attention_factor=0.8 时 cos、sin 表应是 attention_factor=1.0 时的 0.8 倍", section=YARN)
 
 
+YARN_EDGE_CASES = [  # (dim, rope_base, L, factor, beta_fast, beta_slow, 这一组检查什么)
+    (8, 10.0, 64, 4, 32, 1, "low、high 两端都要截断"),
+    (16, 100.0, 2048, 8, 32, 1, "high 超过 dim/2−1，要截断"),
+    (32, 1e4, 64, 4, 32, 1, "low 低于 0，要截断"),
+    (64, 1e4, 256, 4, 8, 2, "非默认的 beta_fast=8、beta_slow=2"),
+    (32, 1e4, 512, 16, 16, 0.5, "非默认的 beta_fast=16、beta_slow=0.5"),
+]
+
+
+@pytest.mark.parametrize("dim,base,orig,factor,beta_fast,beta_slow,why", YARN_EDGE_CASES,
+                         ids=[c[-1] for c in YARN_EDGE_CASES])
+def test_yarn_ramp_bounds_clamped_and_betas_used(impl, dim, base, orig, factor, beta_fast, beta_slow, why):
+    lo, hi = _yarn_bounds_unclamped(dim, base, orig, beta_fast, beta_slow)
+    if "截断" in why:  # 测试自检：这一组确实让截断起作用
+        assert ("low" not in why or lo < 0) and ("high" not in why or hi > dim // 2 - 1), (lo, hi)
+    scaling = dict(original_max_position_embeddings=orig, factor=factor, beta_fast=beta_fast,
+                   beta_slow=beta_slow, attention_factor=1.0)
+    end = orig + 1
+    cos, sin = _tables(impl, dim, end, base=base, rope_scaling=scaling, section=YARN)
+    require(tuple(cos.shape) == (end, dim), f"YaRN 表期望形状 {(end, dim)}，实际 {tuple(cos.shape)}", YARN)
+    theta = _theta64(dim, base)
+    expected = _yarn_ratio64(dim, base, orig, factor, beta_fast, beta_slow)
+    run = lambda ns: _angle_at_1(*ns.precompute_freqs_cis(dim, end=end, rope_base=base, rope_scaling=scaling)) / theta  # noqa: E731
+    assert_close(_angle_at_1(cos, sin) / theta, expected, atol=1e-5, rtol=1e-4,
+                 what=f"YaRN（{why}；dim={dim}，rope_base={base:g}，L={orig}，factor={factor}，"
+                      f"beta_fast={beta_fast}，beta_slow={beta_slow}）每一对的频率比例 (1−γ_i) + γ_i/factor。"
+                      f"不截断时 low={lo}、high={hi}；应截到 low=max(low, 0)={max(lo, 0)}、"
+                      f"high=min(high, dim/2−1)={min(hi, dim // 2 - 1)}", section=YARN, module=MODULE, run=run)
+
+
+@given(st.sampled_from([4, 8, 16, 32, 64]), st.sampled_from([10.0, 100.0, 1e4, 1e6]),
+       st.sampled_from([16, 64, 256]), st.sampled_from([2, 4, 16]),
+       st.sampled_from([(32.0, 1.0), (8.0, 2.0), (64.0, 0.25), (4.0, 1.0)]))
+@example(dim=8, base=10.0, orig=64, factor=4, betas=(32.0, 1.0))
+def test_yarn_matches_independent_formula(impl, dim, base, orig, factor, betas):
+    beta_fast, beta_slow = betas
+    scaling = dict(original_max_position_embeddings=orig, factor=factor, beta_fast=beta_fast,
+                   beta_slow=beta_slow, attention_factor=1.0)
+    theta = _theta64(dim, base)
+    run = lambda ns: _angle_at_1(*ns.precompute_freqs_cis(dim, end=orig + 1, rope_base=base, rope_scaling=scaling)) / theta  # noqa: E731
+    cos, sin = _tables(impl, dim, orig + 1, base=base, rope_scaling=scaling, section=YARN)
+    assert_close(_angle_at_1(cos, sin) / theta, _yarn_ratio64(dim, base, orig, factor, beta_fast, beta_slow),
+                 atol=1e-5, rtol=1e-4,
+                 what=f"YaRN 每一对的频率比例与独立写的 float64 公式对比（dim={dim}，rope_base={base:g}，L={orig}，"
+                      f"factor={factor}，beta_fast={beta_fast:g}，beta_slow={beta_slow:g}）",
+                 section=YARN, module=MODULE, run=run)
+
+
+def test_yarn_missing_keys_use_minimind_defaults(impl):
+    # rope_scaling 里没写的键用 minimind 的默认值：L=2048、factor=16、beta_fast=32、beta_slow=1、attention_factor=1
+    dim, base, end = 16, 1e4, 2049
+    partial = {"beta_slow": 1.0}
+    full = dict(original_max_position_embeddings=2048, factor=16, beta_fast=32.0, beta_slow=1.0, attention_factor=1.0)
+    got = torch.stack(_tables(impl, dim, end, base=base, rope_scaling=partial, section=YARN))
+    want = torch.stack(_tables(impl, dim, end, base=base, rope_scaling=full, section=YARN))
+    theta = _theta64(dim, base)
+    ratio = _angle_at_1(got[0], got[1]) / theta
+    expected = _yarn_ratio64(dim, base, 2048, 16, 32.0, 1.0)
+    assert_close(ratio, expected, atol=1e-5, rtol=1e-4,
+                 what=f"rope_scaling={partial}（其余键缺省）、end={end} 时每一对的频率比例：缺省值应与 minimind 相同"
+                      "（original_max_position_embeddings=2048、factor=16、beta_fast=32、beta_slow=1）",
+                 section=YARN, module=MODULE,
+                 run=lambda ns: _angle_at_1(*ns.precompute_freqs_cis(dim, end=end, rope_base=base,
+                                                                     rope_scaling=partial)) / theta)
+    assert_close(got, want, atol=1e-6, rtol=0,
+                 what=f"rope_scaling={partial} 与写全了默认值的 {full} 应给出同一张表（attention_factor 缺省为 1.0）",
+                 section=YARN)
+    short = torch.stack(_tables(impl, dim, 2048, base=base, rope_scaling=partial, section=YARN))
+    plain = torch.stack(_tables(impl, dim, 2048, base=base, section=YARN))
+    assert_close(short, plain, atol=1e-6, rtol=0,
+                 what="rope_scaling 缺省 original_max_position_embeddings 时它是 2048：end=2048 不超过它，表应不变",
+                 section=YARN)
+
+
 # ---------------------------------------------------------------- 正弦位置编码
 
 def _vaswani(max_len: int, dim: int, base: float) -> torch.Tensor:
@@ -412,7 +510,8 @@ def _vaswani(max_len: int, dim: int, base: float) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("max_len,dim,base", [(50, 16, 1e4), (7, 2, 1e4), (128, 64, 100.0)], ids=lambda v: str(v))
+@pytest.mark.parametrize("max_len,dim,base", [(50, 16, 1e4), (7, 2, 1e4), (128, 64, 100.0), (9, 7, 1e4), (4, 1, 1e4),
+                                            (30, 11, 100.0)], ids=lambda v: str(v))
 def test_sinusoidal_matches_vaswani(impl, max_len, dim, base):
     pe = _call(f"sinusoidal_position_encoding({max_len}, {dim}, base={base:g})", ABS,
                impl.sinusoidal_position_encoding, max_len, dim, base=base)
@@ -422,7 +521,9 @@ def test_sinusoidal_matches_vaswani(impl, max_len, dim, base):
     require(pe.is_floating_point(), f"正弦位置编码应是浮点张量，实际 {pe.dtype}", ABS)
     assert_close(pe.double(), _vaswani(max_len, dim, base), **TOL["sin_table"], check_dtype=False,
                  what=f"与 Vaswani 等 2017 的公式 PE[pos,2i]=sin(pos/base^(2i/d))、PE[pos,2i+1]=cos(…) 对比"
-                      f"（max_len={max_len}，dim={dim}，base={base:g}）", section=ABS, module=MODULE,
+                      f"（max_len={max_len}，dim={dim}，base={base:g}"
+                      + ("；dim 是奇数：最后一维是第 (dim−1)/2 对的 sin，没有与之配对的 cos" if dim % 2 else "")
+                      + "）", section=ABS, module=MODULE,
                  run=lambda ns: ns.sinusoidal_position_encoding(max_len, dim, base=base).double())
 
 

@@ -25,31 +25,39 @@ def _tables(freqs: torch.Tensor, end: int, start: int = 0, attn_factor: float = 
     return cos * attn_factor, sin * attn_factor
 
 
-def _yarn(freqs: torch.Tensor, dim: int, end: int, rope_base: float, rope_scaling, *, always: bool = False):
-    """参考实现的 YaRN 段落（供几个 bug 复用）；返回 (freqs, attn_factor)。"""
+def _yarn(freqs: torch.Tensor, dim: int, end: int, rope_base: float, rope_scaling, *, always: bool = False,
+          clamp_low: bool = True, clamp_high: bool = True, fixed_betas: bool = False,
+          use_attn_factor: bool = True):
+    """参考实现的 YaRN 段落（供几个 bug 复用，每个开关拧错一处）；返回 (freqs, attn_factor)。"""
     if rope_scaling is None:
         return freqs, 1.0
     orig = rope_scaling.get("original_max_position_embeddings", 2048)
     factor = rope_scaling.get("factor", 16)
     beta_fast, beta_slow = rope_scaling.get("beta_fast", 32.0), rope_scaling.get("beta_slow", 1.0)
-    attn = rope_scaling.get("attention_factor", 1.0)
+    if fixed_betas:  # 照抄了 minimind 的默认值，没有读字典里的 beta_fast / beta_slow
+        beta_fast, beta_slow = 32.0, 1.0
+    attn = rope_scaling.get("attention_factor", 1.0) if use_attn_factor else 1.0
     if end > orig or always:
         inv = lambda b: dim * math.log(orig / (b * 2 * math.pi)) / (2 * math.log(rope_base))  # noqa: E731
-        low, high = max(math.floor(inv(beta_fast)), 0), min(math.ceil(inv(beta_slow)), dim // 2 - 1)
+        low, high = math.floor(inv(beta_fast)), math.ceil(inv(beta_slow))
+        if clamp_low:
+            low = max(low, 0)
+        if clamp_high:
+            high = min(high, dim // 2 - 1)
         ramp = ((torch.arange(dim // 2).float() - low) / max(high - low, 0.001)).clamp(0, 1)
         freqs = freqs * (1 - ramp + ramp / factor)
     return freqs, attn
 
 
 def _precompute(dim, end, rope_base, rope_scaling, *, layout="half", start=0, exponent_scale=2.0,
-                base_override=None, yarn="ramp"):
+                base_override=None, yarn="ramp", **yarn_knobs):
     base = rope_base if base_override is None else base_override
     if exponent_scale == 2.0:
         freqs = _freqs(dim, base)
     else:  # 指数写错：θ_i = base^(-i/dim)（少了那个 2）
         freqs = 1.0 / (base ** (torch.arange(dim // 2).float() / dim))
     if yarn == "ramp":
-        freqs, attn = _yarn(freqs, dim, end, base, rope_scaling)
+        freqs, attn = _yarn(freqs, dim, end, base, rope_scaling, **yarn_knobs)
     elif yarn == "always":
         freqs, attn = _yarn(freqs, dim, end, base, rope_scaling, always=True)
     else:  # "all"：所有维都除以 factor（这是位置插值 PI，不是 YaRN）
@@ -90,6 +98,22 @@ def precompute_yarn_always(dim, end=32 * 1024, rope_base=1e6, rope_scaling=None)
 
 def precompute_yarn_all_dims(dim, end=32 * 1024, rope_base=1e6, rope_scaling=None):
     return _precompute(dim, end, rope_base, rope_scaling, yarn="all")
+
+
+def precompute_yarn_high_unclamped(dim, end=32 * 1024, rope_base=1e6, rope_scaling=None):
+    return _precompute(dim, end, rope_base, rope_scaling, clamp_high=False)
+
+
+def precompute_yarn_low_unclamped(dim, end=32 * 1024, rope_base=1e6, rope_scaling=None):
+    return _precompute(dim, end, rope_base, rope_scaling, clamp_low=False)
+
+
+def precompute_yarn_betas_ignored(dim, end=32 * 1024, rope_base=1e6, rope_scaling=None):
+    return _precompute(dim, end, rope_base, rope_scaling, fixed_betas=True)
+
+
+def precompute_yarn_attention_factor_ignored(dim, end=32 * 1024, rope_base=1e6, rope_scaling=None):
+    return _precompute(dim, end, rope_base, rope_scaling, use_attn_factor=False)
 
 
 # ---------------------------------------------------------------- rotate_half / apply 的错误
@@ -148,6 +172,33 @@ def sinusoidal_sin_cos_swapped(max_len, dim, base=10000.0):
     return pe.float()
 
 
+def sinusoidal_odd_dim_breaks(max_len, dim, base=10000.0):
+    # 奇数维时 cos 只有 ⌊dim/2⌋ 列可放，却把 ⌈dim/2⌉ 列全塞进去：形状对不上，直接报错
+    a = _sin_angles(max_len, dim, base)
+    pe = torch.zeros(max_len, dim, dtype=torch.float64)
+    pe[:, 0::2] = a.sin()
+    pe[:, 1::2] = a.cos()
+    return pe.float()
+
+
+def sinusoidal_odd_dim_truncated(max_len, dim, base=10000.0):
+    # 奇数维时少算了一对频率（arange(0, dim - 1, 2)），最后一维留成 0
+    pos = torch.arange(max_len, dtype=torch.float64)[:, None]
+    a = pos * base ** (-torch.arange(0, dim - 1, 2, dtype=torch.float64) / dim)
+    pe = torch.zeros(max_len, dim, dtype=torch.float64)
+    pe[:, 0: 2 * a.shape[1]: 2] = a.sin()
+    pe[:, 1: 2 * a.shape[1]: 2] = a.cos()
+    return pe.float()
+
+
+def sinusoidal_base_ignored(max_len, dim, base=10000.0):
+    a = _sin_angles(max_len, dim, 10000.0)
+    pe = torch.zeros(max_len, dim, dtype=torch.float64)
+    pe[:, 0::2] = a.sin()
+    pe[:, 1::2] = a[:, : dim // 2].cos()
+    return pe.float()
+
+
 BUGS = [
     Bug("interleaved_pairs",
         "用了 RoFormer 论文的交错配对 (2i, 2i+1)（repeat_interleave 的表 + 相邻两维的 rotate_half），"
@@ -184,10 +235,34 @@ BUGS = [
     Bug("yarn_all_dims_divided",
         "所有频率都除以 factor（这是位置插值 PI，不是 YaRN）：高频维本该原样保留",
         {"precompute_freqs_cis": precompute_yarn_all_dims}),
+    Bug("yarn_high_not_clamped",
+        "YaRN 的上界 high 没有截到 dim/2 − 1（少了 min(…, dim//2 − 1)）：rope_base 或 head_dim 小时斜坡被拉长，"
+        "最慢的几对没有完全除以 factor",
+        {"precompute_freqs_cis": precompute_yarn_high_unclamped}),
+    Bug("yarn_low_not_clamped",
+        "YaRN 的下界 low 没有截到 0（少了 max(…, 0)）：original_max_position_embeddings 小时 low 为负，"
+        "斜坡从负的维度编号起步，最快的几对也被插值了",
+        {"precompute_freqs_cis": precompute_yarn_low_unclamped}),
+    Bug("yarn_betas_ignored",
+        "YaRN 没有读 rope_scaling 里的 beta_fast / beta_slow，写死成默认的 32 和 1：换了配置斜坡的位置不变",
+        {"precompute_freqs_cis": precompute_yarn_betas_ignored}),
+    Bug("yarn_attention_factor_ignored",
+        "YaRN 没有把 attention_factor 乘到 cos、sin 表上（minimind 乘了；默认 1.0 时看不出来）",
+        {"precompute_freqs_cis": precompute_yarn_attention_factor_ignored}),
     Bug("sinusoidal_half_split",
         "正弦位置编码写成了前半 sin、后半 cos（half-split）；Vaswani 的公式是偶数维 sin、奇数维 cos 交错",
         {"sinusoidal_position_encoding": sinusoidal_half_split}),
     Bug("sinusoidal_sin_cos_swapped",
         "正弦位置编码偶数维放了 cos、奇数维放了 sin（反了）",
         {"sinusoidal_position_encoding": sinusoidal_sin_cos_swapped}),
+    Bug("sinusoidal_odd_dim_breaks",
+        "正弦位置编码在 dim 为奇数时出错：cos 只能放进 ⌊dim/2⌋ 列（pe[:, 1::2] 比 pe[:, 0::2] 少一列），"
+        "要用 angles[:, : dim // 2]",
+        {"sinusoidal_position_encoding": sinusoidal_odd_dim_breaks}),
+    Bug("sinusoidal_odd_dim_truncated",
+        "正弦位置编码在 dim 为奇数时少算了一对频率：最后一维（应是 sin）留成了 0",
+        {"sinusoidal_position_encoding": sinusoidal_odd_dim_truncated}),
+    Bug("sinusoidal_base_ignored",
+        "正弦位置编码忽略了 base 参数、写死成 10000",
+        {"sinusoidal_position_encoding": sinusoidal_base_ignored}),
 ]
