@@ -64,19 +64,20 @@ def run_arms(exp, corpus, arms: Sequence[Arm], seeds: Sequence[int], *, steps: i
              lr: float, base_cfg: Optional[dict] = None, require: Sequence[str] = (), eval_every: Optional[int] = None,
              eval_iters: int = 10, warmup_steps: int = 0, grad_clip: Optional[float] = 1.0,
              final_eval_iters: Optional[int] = None, train_kwargs: Optional[dict] = None,
-             after_train: Optional[Callable] = None) -> None:
+             before_train: Optional[Callable] = None, after_train: Optional[Callable] = None) -> None:
     """把每个变体在每个种子上各训练一次，结果追加到 ``arm.runs``。
 
     ``final_eval_iters``：训练结束后再用这么多个固定的验证 batch 评估一次，作为 ``final_val_loss``
     （训练中的曲线只用 eval_iters 个 batch 省时间；拿来比较的最后这个数用更多 batch，估计更准）。
-    所有模型用同样的验证 batch。``after_train(arm, seed, model, run_dict)``：训练完的模型还要再测点什么时用。
+    所有模型用同样的验证 batch。``before_train(arm, seed, model)``：初始化时就要测的量（返回的 dict 并入这一条记录）；
+    ``after_train(arm, seed, model, run_dict)``：训练完的模型还要再测点什么时用（可以往 run_dict 里加字段）。
     """
     from kata.tinylm import TinyLMConfig, build_tiny_lm, count_parameters, evaluate, train_lm
 
     base_cfg = dict(base_cfg or {})
     base_cfg.setdefault("max_seq_len", seq_len)
     eval_every = eval_every or max(1, steps // 10)
-    printed = set()
+    printed = []   # 已经打印过的“部件来源”：和前一个变体相同就不再重复
     for arm in arms:
         for s in seeds:
             if arm.build is not None:
@@ -86,16 +87,19 @@ def run_arms(exp, corpus, arms: Sequence[Arm], seeds: Sequence[int], *, steps: i
                 model, prov = build_tiny_lm(cfg, impl=exp.impl, require=require, seed=s)
             model.to(exp.device)
             exp.record_provenance({f"tinylm[{arm.key}]": prov})
-            if arm.key not in printed:
-                print(f"[{arm.zh}] 部件来源：" + "，".join(f"{k} ← {v}" for k, v in prov.items()))
-                printed.add(arm.key)
+            if prov and prov not in printed:
+                who = "各部件的来源" if not printed else f"[{arm.zh}] 各部件的来源"
+                print(f"{who}：" + "，".join(f"{k} ← {v}" for k, v in prov.items()))
+                printed.append(prov)
             arm.n_params = count_parameters(model)
+            at_init = before_train(arm, s, model) if before_train is not None else None
             res = train_lm(model, corpus, steps=steps, batch_size=batch, seq_len=seq_len, lr=lr,
                            warmup_steps=warmup_steps, grad_clip=grad_clip, eval_every=eval_every,
                            eval_iters=eval_iters, seed=s, device=exp.device, progress=exp.progress,
                            desc=f"{arm.en} seed {s}", **(train_kwargs or {}))
             d = res.to_dict()
             d["seed"] = s
+            d.update(at_init or {})
             if final_eval_iters and res.diverged_at is None:
                 d["final_val_loss_curve"] = d["final_val_loss"]
                 d["final_val_loss"] = evaluate(model, corpus, split="val", seq_len=seq_len, batch_size=batch,

@@ -75,9 +75,11 @@ def test_run_arms_pairs_data_by_seed(tmp_path):
     seen = []
     run_arms(exp, corpus, arms, [0, 1], steps=3, batch=2, seq_len=16, lr=1e-3,
              base_cfg={"dim": 16, "n_layers": 1, "n_heads": 2}, eval_iters=1, final_eval_iters=2,
+             before_train=lambda arm, s, model: {"at_init": (arm.key, s)},
              after_train=lambda arm, s, model, d: seen.append((arm.key, s)))
     assert seen == [("x", 0), ("x", 1), ("y", 0), ("y", 1), ("z", 0), ("z", 1)]
     assert [r["seed"] for r in arms[0].runs] == [0, 1]
+    assert [r["at_init"] for r in arms[2].runs] == [("z", 0), ("z", 1)]
     assert arms[0].finals() == arms[1].finals()
     assert arms[0].finals()[0] != arms[0].finals()[1]
     assert arms[2].n_params > arms[0].n_params

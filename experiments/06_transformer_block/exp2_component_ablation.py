@@ -17,8 +17,9 @@ import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的�
 import math  # noqa: E402
 import statistics  # noqa: E402
 
-from kata.experiment import Experiment, compare_means, fmt_mean_std, pad, summarize, unigram_baseline  # noqa: E402
+from kata.experiment import Experiment, compare_means, fmt_mean_std, summarize, unigram_baseline  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
+from kata.arms import Arm, run_arms  # noqa: E402
 
 # 名字 → (中文, English, 相对完整块要改的 TinyLMConfig 字段, 预期方向, 出处)
 # 预期方向："worse" 更差 / "similar" 相当 / "similar_or_worse" 相当或更差 / "much_worse" 差得最多
@@ -171,7 +172,7 @@ class ComponentAblation(Experiment):
                             metavar="VARIANT", help="只跑这几个变体（和完整块比）：" + " ".join(k for k in VARIANTS if k != "full"))
 
     def run(self):
-        from kata.tinylm import TinyLMConfig, build_tiny_lm, count_parameters, train_lm
+        from kata.tinylm import TinyLMConfig, build_tiny_lm, train_lm
 
         corpus = self.load_corpus()
         unigram = unigram_baseline(corpus)
@@ -188,31 +189,17 @@ class ComponentAblation(Experiment):
                     eval_every=eval_every, eval_iters=eval_iters, variants={k: v[2] for k, v in variants.items()},
                     schedule="cosine decay to 0.1·lr, no warmup (kata.tinylm.train_lm)")
 
-        results, n_params, times = {k: [] for k in variants}, {}, {}
-        printed = False
         # 先空跑几步：第一次训练要分配内存、预热算子，不热身的话第一个变体的耗时会偏大
         warm, _ = build_tiny_lm(TinyLMConfig(vocab_size=corpus.tokenizer.vocab_size, max_seq_len=seq_len, **base),
                                 impl=self.impl, require=REQUIRED, seed=0)
         train_lm(warm.to(self.device), corpus, steps=2, batch_size=batch, seq_len=seq_len, lr=lr, eval_iters=1,
                  seed=0, device=self.device, progress=False)
-        for k, (zh, en, change, _, _) in variants.items():
-            for s in seeds:
-                cfg = TinyLMConfig(vocab_size=corpus.tokenizer.vocab_size, max_seq_len=seq_len, **{**base, **change})
-                model, prov = build_tiny_lm(cfg, impl=self.impl, require=REQUIRED, seed=s)
-                model.to(self.device)
-                self.record_provenance({f"tinylm[{k}]": prov})
-                if not printed:
-                    print("完整块各部件的来源：" + "，".join(f"{c} ← {v}" for c, v in prov.items()))
-                    printed = True
-                n_params[k] = count_parameters(model)
-                res = train_lm(model, corpus, steps=steps, batch_size=batch, seq_len=seq_len, lr=lr, warmup_steps=0,
-                               grad_clip=1.0, eval_every=eval_every, eval_iters=eval_iters, seed=s,
-                               device=self.device, progress=self.progress, desc=f"{en} seed {s}")
-                r = {**res.to_dict(), "seed": s}
-                results[k].append(r)
-                state = f"发散于第 {res.diverged_at} 步" if res.diverged_at is not None else f"val loss {res.final_val_loss:.3f}"
-                print(f"  {pad(zh, 24)} seed {s}: {state}，{res.wall_time_s:.1f} 秒")
-            times[k] = statistics.median(r["wall_time_s"] for r in results[k])
+        arms = [Arm(k, zh, en, change) for k, (zh, en, change, _, _) in variants.items()]
+        run_arms(self, corpus, arms, seeds, steps=steps, batch=batch, seq_len=seq_len, lr=lr, base_cfg=base,
+                 require=REQUIRED, eval_every=eval_every, eval_iters=eval_iters)
+        results = {a.key: a.runs for a in arms}
+        n_params = {a.key: a.n_params for a in arms}
+        times = {a.key: statistics.median(r["wall_time_s"] for r in a.runs) for a in arms}
 
         self._plot(results, variants, seeds, unigram)
         full_mean = summarize(final_losses(results["full"]))["mean"]
