@@ -32,7 +32,8 @@ class Arm:
     """对照实验的一个变体。
 
     ``cfg``：在实验的 ``base_cfg`` 之上改动的 TinyLMConfig 字段；``build``（可选）：``build(seed) -> (model, provenance)``，
-    变体不是一个 TinyLMConfig 能描述时（例如别的模型类）用它代替 cfg。``runs`` 由 run_arms 填：每个种子一条
+    变体不是一个 TinyLMConfig 能描述时（例如别的模型类）用它代替 cfg；``train_kwargs``：只对这个变体改的训练设置
+    （例如只给一个变体加 warmup：``{"warmup_steps": 40}``）。``runs`` 由 run_arms 填：每个种子一条
     ``TrainResult.to_dict()`` 加上 ``seed``。
     """
     key: str
@@ -40,6 +41,8 @@ class Arm:
     en: str
     cfg: dict = field(default_factory=dict)
     build: Optional[Callable] = None
+    train_kwargs: dict = field(default_factory=dict)
+    tag: object = None              # 实验自己给这个变体的标识（例如 (层数, 位置)），run_arms 不看它
     runs: list = field(default_factory=list)
     n_params: Optional[int] = None
 
@@ -64,14 +67,17 @@ def run_arms(exp, corpus, arms: Sequence[Arm], seeds: Sequence[int], *, steps: i
              lr: float, base_cfg: Optional[dict] = None, require: Sequence[str] = (), eval_every: Optional[int] = None,
              eval_iters: int = 10, warmup_steps: int = 0, grad_clip: Optional[float] = 1.0,
              final_eval_iters: Optional[int] = None, train_kwargs: Optional[dict] = None,
-             before_train: Optional[Callable] = None, after_train: Optional[Callable] = None) -> None:
+             before_train: Optional[Callable] = None, after_train: Optional[Callable] = None,
+             unigram: Optional[float] = None) -> None:
     """把每个变体在每个种子上各训练一次，结果追加到 ``arm.runs``。
 
     ``final_eval_iters``：训练结束后再用这么多个固定的验证 batch 评估一次，作为 ``final_val_loss``
     （训练中的曲线只用 eval_iters 个 batch 省时间；拿来比较的最后这个数用更多 batch，估计更准）。
     所有模型用同样的验证 batch。``before_train(arm, seed, model)``：初始化时就要测的量（返回的 dict 并入这一条记录）；
     ``after_train(arm, seed, model, run_dict)``：训练完的模型还要再测点什么时用（可以往 run_dict 里加字段）。
+    ``unigram``：给了“只按字符频率猜”的基线 loss 时，停在这个水平的种子在进度行里标出来（规则见 kata.experiment.run_status）。
     """
+    from kata.experiment import run_status
     from kata.tinylm import TinyLMConfig, build_tiny_lm, count_parameters, evaluate, train_lm
 
     base_cfg = dict(base_cfg or {})
@@ -93,10 +99,12 @@ def run_arms(exp, corpus, arms: Sequence[Arm], seeds: Sequence[int], *, steps: i
                 printed.append(prov)
             arm.n_params = count_parameters(model)
             at_init = before_train(arm, s, model) if before_train is not None else None
-            res = train_lm(model, corpus, steps=steps, batch_size=batch, seq_len=seq_len, lr=lr,
-                           warmup_steps=warmup_steps, grad_clip=grad_clip, eval_every=eval_every,
-                           eval_iters=eval_iters, seed=s, device=exp.device, progress=exp.progress,
-                           desc=f"{arm.en} seed {s}", **(train_kwargs or {}))
+            kw = dict(steps=steps, batch_size=batch, seq_len=seq_len, lr=lr, warmup_steps=warmup_steps,
+                      grad_clip=grad_clip, eval_every=eval_every, eval_iters=eval_iters, seed=s, device=exp.device,
+                      progress=exp.progress, desc=f"{arm.en} seed {s}")
+            kw.update(train_kwargs or {})
+            kw.update(arm.train_kwargs)
+            res = train_lm(model, corpus, **kw)
             d = res.to_dict()
             d["seed"] = s
             d.update(at_init or {})
@@ -110,6 +118,8 @@ def run_arms(exp, corpus, arms: Sequence[Arm], seeds: Sequence[int], *, steps: i
             arm.runs.append(d)
             state = (f"发散于第 {res.diverged_at} 步" if res.diverged_at is not None
                      else f"val loss {d['final_val_loss']:.3f}")
+            if unigram is not None and run_status(d, unigram) == "stuck":
+                state += "（停在只按字符频率猜的水平）"
             print(f"  {pad(arm.zh, 28)} seed {s}: {state}，{res.tokens_per_sec:,.0f} tokens/s，{res.wall_time_s:.1f} 秒")
 
 

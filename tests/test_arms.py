@@ -71,13 +71,15 @@ def test_run_arms_pairs_data_by_seed(tmp_path):
 
     corpus = load_corpus("synthetic", size_mb=0.05)
     exp = SimpleNamespace(impl="solutions", device="cpu", progress=False, record_provenance=lambda p: None)
-    arms = [Arm("x", "甲", "x", {}), Arm("y", "乙", "y", {}), Arm("z", "丙（更宽）", "z", {"dim": 32})]
+    arms = [Arm("x", "甲", "x", {}), Arm("y", "乙", "y", {}), Arm("z", "丙（更宽）", "z", {"dim": 32}),
+            Arm("w", "丁（只有它 lr 不同）", "w", {}, train_kwargs={"lr": 3e-2})]
     seen = []
     run_arms(exp, corpus, arms, [0, 1], steps=3, batch=2, seq_len=16, lr=1e-3,
              base_cfg={"dim": 16, "n_layers": 1, "n_heads": 2}, eval_iters=1, final_eval_iters=2,
              before_train=lambda arm, s, model: {"at_init": (arm.key, s)},
              after_train=lambda arm, s, model, d: seen.append((arm.key, s)))
-    assert seen == [("x", 0), ("x", 1), ("y", 0), ("y", 1), ("z", 0), ("z", 1)]
+    assert seen == [("x", 0), ("x", 1), ("y", 0), ("y", 1), ("z", 0), ("z", 1), ("w", 0), ("w", 1)]
+    assert arms[3].finals() != arms[0].finals()   # 每个变体自己的训练设置确实用上了
     assert [r["seed"] for r in arms[0].runs] == [0, 1]
     assert [r["at_init"] for r in arms[2].runs] == [("z", 0), ("z", 1)]
     assert arms[0].finals() == arms[1].finals()

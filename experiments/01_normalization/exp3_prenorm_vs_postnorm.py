@@ -17,9 +17,10 @@ import math  # noqa: E402
 import statistics  # noqa: E402
 
 from kata.experiment import (STUCK_MARGIN, Experiment, UsageError, compare_means, describe_gap,  # noqa: E402
-                             fmt_mean_std, last_first_ratio, mean_std_curve, pad, run_status, status_summary,
+                             fmt_mean_std, last_first_ratio, mean_std_curve, run_status, status_summary,
                              summarize, unigram_baseline)
 from kata.plots import new_figure, plot_gradient_flow, plot_loss_curves  # noqa: E402
+from kata.arms import Arm, run_arms  # noqa: E402
 
 POSITIONS = ("pre", "post")
 POS_NAME = {"pre": "Pre-LN", "post": "Post-LN"}
@@ -167,7 +168,7 @@ class PreVsPostNorm(Experiment):
                             help="加跑一个对照：最深的 Post-LN 加上 warmup（前一半步数线性升温），其余完全相同")
 
     def run(self):
-        from kata.tinylm import TinyLMConfig, build_tiny_lm, layer_grad_norms, train_lm
+        from kata.tinylm import layer_grad_norms
 
         corpus = self.load_corpus()
         unigram = unigram_baseline(corpus)
@@ -190,46 +191,31 @@ class PreVsPostNorm(Experiment):
                                 if warmup_arm else None),
                     stuck_rule=f"final val loss > unigram baseline − {STUCK_MARGIN}")
 
-        def build(d, pos, seed):
-            cfg = TinyLMConfig(vocab_size=corpus.tokenizer.vocab_size, dim=dim, n_layers=d, n_heads=4,
-                               max_seq_len=seq_len, norm="rmsnorm", norm_position=pos)
-            model, prov = build_tiny_lm(cfg, impl=self.impl, require=("RMSNorm",), seed=seed)
-            return model.to(self.device), prov
+        grads, stream_rms = {}, {}
 
-        grads, runs, warm, stream_rms = {}, {}, {}, {}
-        printed = False
+        def measure_at_init(arm, s, model):
+            if arm.train_kwargs:          # 加 warmup 的那一组只看训练曲线
+                return None
+            grads.setdefault(arm.tag, []).append(
+                layer_grad_norms(model, corpus, seq_len=seq_len, batch_size=batch, seed=s))
+            if s == seeds[0]:
+                stream_rms[arm.tag] = final_stream_rms(model, corpus, seq_len=seq_len, batch_size=batch, seed=s)
+
+        arms = []
         for d in depths:
             for pos in POSITIONS:
-                grads[(d, pos)], runs[(d, pos)] = [], []
-                for s in seeds:
-                    model, prov = build(d, pos, s)
-                    if not printed:
-                        print("模型各部件的来源（你还没写的部件来自参考实现）：")
-                        for k, v in prov.items():
-                            print(f"  {k} ← {v}")
-                        printed = True
-                    self.record_provenance({f"tinylm[{key(d, pos)}]": prov})
-                    grads[(d, pos)].append(layer_grad_norms(model, corpus, seq_len=seq_len, batch_size=batch, seed=s))
-                    if s == seeds[0]:
-                        stream_rms[(d, pos)] = final_stream_rms(model, corpus, seq_len=seq_len, batch_size=batch, seed=s)
-                    res = train_lm(model, corpus, steps=steps, batch_size=batch, seq_len=seq_len, lr=lr,
-                                   warmup_steps=0, grad_clip=1.0, eval_every=eval_every, eval_iters=eval_iters,
-                                   seed=s, device=self.device, progress=self.progress, desc=f"{key(d, pos)} seed {s}")
-                    r = {**res.to_dict(), "seed": s}
-                    runs[(d, pos)].append(r)
-                    self._print_run(key(d, pos), s, r, unigram)
+                arms.append(Arm(key(d, pos), key(d, pos), key(d, pos), {"n_layers": d, "norm_position": pos},
+                                tag=(d, pos)))
         if warmup_arm:
             d = depths[-1]
-            warm[(d, "post")] = []
-            for s in seeds:
-                model, _ = build(d, "post", s)
-                res = train_lm(model, corpus, steps=steps, batch_size=batch, seq_len=seq_len, lr=lr,
-                               warmup_steps=warmup_steps, grad_clip=1.0, eval_every=eval_every,
-                               eval_iters=eval_iters, seed=s, device=self.device, progress=self.progress,
-                               desc=f"{key(d, 'post', True)} seed {s}")
-                r = {**res.to_dict(), "seed": s}
-                warm[(d, "post")].append(r)
-                self._print_run(key(d, "post", True), s, r, unigram)
+            arms.append(Arm(key(d, "post", True), key(d, "post", True), key(d, "post", True),
+                            {"n_layers": d, "norm_position": "post"}, train_kwargs={"warmup_steps": warmup_steps},
+                            tag=(d, "post")))
+        run_arms(self, corpus, arms, seeds, steps=steps, batch=batch, seq_len=seq_len, lr=lr,
+                 base_cfg={"dim": dim, "n_heads": 4, "norm": "rmsnorm"}, require=("RMSNorm",),
+                 eval_every=eval_every, eval_iters=eval_iters, before_train=measure_at_init, unigram=unigram)
+        runs = {a.tag: a.runs for a in arms if not a.train_kwargs}
+        warm = {a.tag: a.runs for a in arms if a.train_kwargs}
 
         self._plots(grads, runs, warm, depths, seeds, unigram)
 
@@ -264,15 +250,6 @@ class PreVsPostNorm(Experiment):
             "status": {key(d, p): [run_status(r, unigram) for r in rs] for (d, p), rs in runs.items()},
             "verdict": verdict,
         }
-
-    @staticmethod
-    def _print_run(name, seed, r, unigram):
-        st = run_status(r, unigram)
-        if st == "diverged":
-            text = f"发散于第 {r['diverged_at']} 步"
-        else:
-            text = f"val loss {r['final_val_loss']:.3f}" + ("（卡在只按字符频率猜的水平）" if st == "stuck" else "")
-        print(f"  {pad(name, 18)} seed {seed}: {text}，{r['wall_time_s']:.1f} 秒")
 
     def _plots(self, grads, runs, warm, depths, seeds, unigram):
         colors = {"pre": "C0", "post": "C3"}
