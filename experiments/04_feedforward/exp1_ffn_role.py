@@ -22,7 +22,7 @@ from _ffn_tools import (Variant, final_losses, minimind_param_breakdown, paired,
 from kata.experiment import Experiment, describe_gap, fmt_mean_std, summarize, unigram_baseline  # noqa: E402
 from kata.plots import new_figure  # noqa: E402
 
-# REFERENCES.md：MiniMind2-small 共 25,829,888 个参数（词嵌入与 lm_head 共享）；minimind-3 约 64M
+# MiniMind2-small 共 25,829,888 个参数（词嵌入与 lm_head 共享；minimind README 的 "25.8M"，按 model_minimind.py 的结构逐项数出）；minimind-3 约 64M
 MINIMIND2_TOTAL = 25_829_888
 
 
@@ -85,8 +85,8 @@ class FFNRole(Experiment):
         mm2 = configs[0]
         total_ok = mm2["total"] == MINIMIND2_TOTAL
         print(f"MiniMind2-small 总参数 {mm2['total']:,}："
-              + ("与 REFERENCES.md 记录的 25,829,888 一致。" if total_ok else
-                 f"与 REFERENCES.md 记录的 25,829,888 不一致（差 {mm2['total'] - MINIMIND2_TOTAL:+,}）——"
+              + ("与 minimind 公布的 MiniMind2-small（25.8M，逐项数出 25,829,888）一致。" if total_ok else
+                 f"与 minimind 公布的 MiniMind2-small（25.8M，逐项数出 25,829,888）不一致（差 {mm2['total'] - MINIMIND2_TOTAL:+,}）——"
                  f"多半是你的 FeedForward(512) 默认宽度不是 1408（现在是 {mm2['ffn_width']}）。"))
 
         # ---- A. 训练
