@@ -85,7 +85,13 @@ class Attention(nn.Module):
     - qk_norm=True 时还有 q_norm、k_norm = RMSNorm(head_dim, eps)（minimind-3 的做法，用你的 RMSNorm）；
       qk_norm=False 时不要创建它们（state_dict 里不应出现 q_norm / k_norm）；
     - dim 不能被 n_heads 整除、或 n_heads 不能被 n_kv_heads 整除时，抛出 ValueError 并说明原因；
-    - 输出投影之后有一个 dropout（训练时生效，eval() 后关闭）。
+    - dropout 只有一处：o_proj 的**输出**之后的 `nn.Dropout(dropout)`（minimind 叫 resid_dropout）。
+      train() 时它以概率 dropout 把输出的元素置 0、其余除以 1 − dropout；eval() 后什么都不做。
+      注意力概率上**不做** dropout（minimind 还有一个 attn_dropout / dropout_p；本课的
+      scaled_dot_product_attention 没有 dropout 参数，为了快速路径和手写路径结果一致，这里不做）；
+      也不要把 dropout 放在 o_proj 之前。测试会在 train() 下检查：输出的元素要么恰好是 0，
+      要么恰好是不加 dropout 时的 1/(1 − dropout) 倍；
+    - eps 传给 q_norm、k_norm（测试会用一个很大的 eps 检查它真的传进去了）。
     """
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: Optional[int] = None, dropout: float = 0.0,
@@ -107,6 +113,7 @@ class Attention(nn.Module):
         - past_key_value：上一次返回的 present = (k, v)，各 [B, S_past, n_kv_heads, head_dim]；没有就是 None；
         - use_cache：True 时返回 present，False 时 present 为 None；
         - attention_mask：[B, S_past + S]，1 = 真实 token，0 = padding；None = 没有 padding。
+          它覆盖**全部** S_past + S 个 key（旧的 padding 也在里面）：不要只切出新 token 的那几列。
 
         返回 (out, present)：out 为 [B, S, dim]；present = (k, v)，各 [B, S_past + S, n_kv_heads, head_dim]
         ——存的是 RoPE 之后、**repeat_kv 之前**的 k 和 v（只存 KV 头，这正是 GQA 省显存的地方）。
@@ -118,7 +125,7 @@ class Attention(nn.Module):
         4. 有 past_key_value 就沿序列维（dim=1）把旧的 k、v 拼在前面；记下 present；
         5. repeat_kv 到 n_heads 个头，transpose 成 [B, H, S, D]；
         6. 用你的 scaled_dot_product_attention（is_causal=True；有 padding 时再加 bool 掩码 [B, 1, 1, S_total]）；
-        7. transpose 回 [B, S, H, D]，合并成 [B, S, H·D]，过 o_proj 和 dropout。
+        7. transpose 回 [B, S, H, D]，合并成 [B, S, H·D]，过 o_proj，再过 dropout（两条路径都要过）。
 
         提示：
         - view 成 [B, S, H, D] 再 transpose(1, 2)，不要直接 view 成 [B, H, S, D]（那会把序列和头混在一起）；

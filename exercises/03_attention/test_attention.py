@@ -596,6 +596,85 @@ def test_dropout_is_off_in_eval_mode(impl):
                  what="Attention(dropout=0.5) 在 eval() 模式下应与 dropout=0 完全相同", section=ATTN)
 
 
+def _dropout_case(impl, p, padded, seed):
+    """train() 下跑一次 dropout=p 的 Attention，返回 (输出, 同一组权重在 eval() 下的输出, attention_mask)。"""
+    dim, H, KVH, B, S = 32, 4, 2, 4, 8
+    w = _weights(dim, H, KVH, seed=seed)
+    x = _x(B, S, dim, seed=seed + 1)
+    mask = None
+    if padded:  # 有 padding：走手写路径（若有快速路径的话，另一条路径）
+        mask = torch.ones(B, S, dtype=torch.long)
+        mask[0, :3] = 0
+    cos, sin = _rope_tables(torch.arange(S), dim // H)
+    attn = _build(impl, dim, H, KVH, w, dropout=p)
+    with torch.no_grad():
+        ref = attn(x, (cos, sin), attention_mask=mask)[0]
+        attn.train()
+        torch.manual_seed(seed)
+        out = attn(x, (cos, sin), attention_mask=mask)[0]
+    return out, ref
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["no_padding", "left_padding"])
+@pytest.mark.parametrize("p", [0.25, 0.75])
+def test_output_dropout_acts_in_training(impl, p, padded):
+    # nn.Dropout(p) 作用在 o_proj 的输出上：每个元素要么恰好是 0，要么恰好是 eval 输出的 1/(1−p) 倍。
+    # 被丢弃的比例是 Binomial(n, p)/n，n = 4·8·32 = 1024：标准差 ≤ 0.016，容差 0.1 是 6 个标准差以上
+    out, ref = _dropout_case(impl, p, padded, seed=40)
+    where = "有左 padding（手写路径）" if padded else "没有 padding"
+    require(isinstance(out, torch.Tensor) and out.shape == ref.shape,
+            f"train() 下输出形状应与 eval() 下相同 {tuple(ref.shape)}", ATTN)
+    zero = out == 0
+    frac = float(zero.double().mean())
+    require(abs(frac - p) <= 0.1,
+            f"Attention(dropout={p}) 在 train()、{where} 时，输出里恰好为 0 的元素应约占 {p:.0%}"
+            f"（o_proj 之后的 nn.Dropout({p}) 把每个元素以概率 {p} 置 0），实际占 {frac:.1%}"
+            + ("——dropout 没有起作用：是不是没建 resid_dropout、建了没用上、把 dropout 参数丢了，"
+               "或者只在一条路径（有 / 没有 padding）上用了它？" if frac < 0.02 else
+               "——dropout 的概率不对：构造参数 dropout 要原样传给 nn.Dropout"),
+            "teaching.md §4.1（__init__：输出投影后面的 dropout）")
+    kept = ~zero
+    expected = ref[kept] / (1 - p)
+    ok = bool(torch.allclose(out[kept], expected, atol=1e-9, rtol=1e-9))
+    if not ok:
+        ratio = (out[kept] / ref[kept]).abs()
+        require(False,
+                f"Attention(dropout={p}) 在 train()、{where} 时，没被丢弃的元素应恰好是 eval() 输出的 1/(1−{p}) = "
+                f"{1 / (1 - p):.4g} 倍，实际倍数在 {float(ratio.min()):.4g} … {float(ratio.max()):.4g} 之间"
+                "——dropout 不在 o_proj 的输出上：放在了 o_proj 之前，或者做在了注意力概率上"
+                "（F.scaled_dot_product_attention 的 dropout_p、minimind 的 attn_dropout；本课不做这一处）",
+                "teaching.md §4.1（__init__：输出投影后面的 dropout）")
+
+
+def test_train_mode_without_dropout_is_deterministic(impl):
+    # dropout=0 时 train() 与 eval() 的输出应完全相同：没有任何别的随机性
+    out, ref = _dropout_case(impl, 0.0, False, seed=42)
+    assert_close(out, ref, atol=0, rtol=0, what="Attention(dropout=0.0) 在 train() 下的输出 vs eval() 下的输出"
+                 "（dropout=0 时不应丢弃任何东西：是不是把 dropout 的概率写死了？）", section=ATTN)
+    out2, ref2 = _dropout_case(impl, 0.0, True, seed=42)
+    assert_close(out2, ref2, atol=0, rtol=0, what="有 padding 时 Attention(dropout=0.0) 在 train() 与 eval() 下的输出",
+                 section=ATTN)
+
+
+def test_qk_norm_uses_the_eps_argument(impl):
+    # q、k 很小（RMS ≈ 0.03）时 eps=0.01 远大于 RMS²，归一化的结果明显依赖 eps：eps 必须传给 q_norm、k_norm
+    dim, H, KVH, S, eps = 16, 2, 2, 5, 1e-2
+    w = _weights(dim, H, KVH, qk_norm=True, seed=43)
+    w = dict(w, **{"q_proj.weight": w["q_proj.weight"] * 0.03, "k_proj.weight": w["k_proj.weight"] * 0.03})
+    x = _x(2, S, dim, seed=44)
+    expected, _, _ = _reference_attention(x, w, H, KVH, torch.arange(S), qk_norm=True, eps=eps)
+    cos, sin = _rope_tables(torch.arange(S), dim // H)
+
+    def run(ns):
+        attn = _build(ns, dim, H, KVH, w, qk_norm=True, eps=eps)
+        with torch.no_grad():
+            return attn(x, (cos, sin))[0]
+    assert_close(run(impl), expected, **TOL_ATTN64,
+                 what=f"Attention(..., qk_norm=True, eps={eps}) 与独立参考对比（q、k 的 RMS ≈ 0.03，eps 的大小会影响结果）"
+                      "：q_norm = RMSNorm(head_dim, eps=eps)，k_norm 同理",
+                 section="teaching.md §4.3（QK-norm）", module=MODULE, run=run)
+
+
 # ================================================================ 6. padding 掩码
 
 @pytest.mark.parametrize("side", ["left", "right"])

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from kata.bugbank import Bug
 from solutions import Attention as _RefAttention
-from solutions import apply_rotary_pos_emb
+from solutions import RMSNorm, apply_rotary_pos_emb
 from solutions import repeat_kv as _ref_repeat_kv
 
 
@@ -79,12 +79,28 @@ class _BugAttention(_RefAttention):
     qk_norm_after_rope = False
     causal_only_without_cache = False
     torch_sdpa_even_with_cache = False
+    mask_new_tokens_only = False
+    heads_first_view = False
+    dropout_site = "output"      # output（正确）| none | before_o_proj | probs | always（F.dropout 没传 training）
+    qk_norm_default_eps = False
+
+    def __init__(self, dim, n_heads, n_kv_heads=None, dropout=0.0, qk_norm=False, eps=1e-5):
+        super().__init__(dim, n_heads, n_kv_heads=n_kv_heads, dropout=dropout, qk_norm=qk_norm, eps=eps)
+        if qk_norm and self.qk_norm_default_eps:  # RMSNorm(head_dim)：没把 eps 传进去
+            self.q_norm, self.k_norm = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
+
+    def _split(self, t, n):
+        bsz, seq_len, _ = t.shape
+        if self.heads_first_view:  # view(B, H, S, D) 当成了 [B, H, S, D]：把不同位置的数拼进了同一个头
+            return t.view(bsz, n, seq_len, self.head_dim).transpose(1, 2)
+        return t.view(bsz, seq_len, n, self.head_dim)
 
     def forward(self, x, position_embeddings, past_key_value=None, use_cache=False, attention_mask=None):
         bsz, seq_len, _ = x.shape
-        q = self.q_proj(x).view(bsz, seq_len, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim)
+        p = self.resid_dropout.p
+        q = self._split(self.q_proj(x), self.n_heads)
+        k = self._split(self.k_proj(x), self.n_kv_heads)
+        v = self._split(self.v_proj(x), self.n_kv_heads)
         cos, sin = position_embeddings
         if self.qk_norm and not self.qk_norm_after_rope:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -106,12 +122,17 @@ class _BugAttention(_RefAttention):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
         no_padding = attention_mask is None or bool(torch.all(attention_mask == 1))
-        if self.torch_sdpa_even_with_cache and no_padding:
+        if self.dropout_site == "probs" and past_key_value is None and no_padding:
+            # minimind 快速路径的写法：dropout 在注意力概率上，输出投影之后却没有
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p if self.training else 0.0, is_causal=True)
+        elif self.torch_sdpa_even_with_cache and no_padding:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # Sq ≠ Sk 时是左上对齐的
         else:
             mask = None
             if not no_padding:
                 keep = attention_mask == 0 if self.padding_inverted else attention_mask.bool()
+                if self.mask_new_tokens_only:  # 只留下新 token 的那几列：[B, S] 而不是 [B, S_past + S]
+                    keep = keep[:, -seq_len:]
                 mask = keep[:, None, None, :]
             causal = past_key_value is None if self.causal_only_without_cache else True
             out = self.sdpa(q, k, v, attn_mask=mask, is_causal=causal)
@@ -119,6 +140,12 @@ class _BugAttention(_RefAttention):
             out = out.reshape(bsz, seq_len, -1)
         else:
             out = out.transpose(1, 2).reshape(bsz, seq_len, -1)
+        if self.dropout_site == "before_o_proj":
+            return self.o_proj(self.resid_dropout(out)), present
+        if self.dropout_site in ("none", "probs"):
+            return self.o_proj(out), present
+        if self.dropout_site == "always":
+            return F.dropout(self.o_proj(out), p), present
         return self.resid_dropout(self.o_proj(out)), present
 
 
@@ -175,4 +202,20 @@ BUGS = [
                    "它们能互相看见未来", causal_only_without_cache=True),
     _attention_bug("torch_sdpa_with_cache", "带 KV cache 时也走 F.scaled_dot_product_attention(is_causal=True)："
                    "它的因果掩码在 Sq≠Sk 时左上对齐，新 token 看不见大部分旧 key", torch_sdpa_even_with_cache=True),
+    _attention_bug("padding_mask_sliced_to_new_tokens", "带 KV cache 时把 attention_mask 切成只剩新 token 的那几列"
+                   "（attention_mask[:, -S:]）：逐 token 解码时 [B, 1, 1, 1] 的掩码广播到全部 key，cache 里的旧 padding 不再被屏蔽",
+                   mask_new_tokens_only=True),
+    _attention_bug("view_heads_first_without_transpose", "拆头时直接 view(B, H, S, D)（没有先 view(B, S, H, D) 再 transpose）："
+                   "q_proj 的输出是“每个位置连着放 H·D 个数”，这样会把不同位置的数拼进同一个头", heads_first_view=True),
+    _attention_bug("no_output_dropout", "Attention 没有做 dropout（或建了 resid_dropout 却没用上）：dropout=p 在训练时不起作用",
+                   dropout_site="none"),
+    _attention_bug("dropout_before_o_proj", "dropout 放在了 o_proj 之前（合并头之后、输出投影之前）：本课的 dropout 在 o_proj 的输出上",
+                   dropout_site="before_o_proj"),
+    _attention_bug("dropout_on_attention_probs", "dropout 做在了注意力概率上（F.scaled_dot_product_attention 的 dropout_p，"
+                   "minimind 的 attn_dropout），o_proj 的输出却没有 dropout；本课只在 o_proj 之后做 dropout",
+                   dropout_site="probs"),
+    _attention_bug("functional_dropout_without_training", "用了 F.dropout(out, p) 却没传 training=self.training："
+                   "它的默认值是 True，eval() 之后也在随机丢弃", dropout_site="always"),
+    _attention_bug("qk_norm_eps_ignored", "q_norm / k_norm 建成了 RMSNorm(head_dim)，没把构造参数 eps 传进去",
+                   qk_norm_default_eps=True),
 ]

@@ -110,9 +110,9 @@ class Attention(nn.Module):
         else:
             self.q_norm = None
             self.k_norm = None
-        # 注意力概率的 dropout 只在快速路径上做（F.scaled_dot_product_attention 的 dropout_p），
-        # 所以这里没有 minimind 的 attn_dropout 模块；输出投影之后的 dropout 与 minimind 相同
-        self.dropout = dropout
+        # 只有输出投影之后的 dropout（minimind 的 resid_dropout）。minimind 还对注意力概率做 dropout
+        # （attn_dropout / dropout_p）；这里不做：手写的 scaled_dot_product_attention 没有 dropout 参数，
+        # 只在快速路径上做会让“有 padding / 没 padding”两条路径的训练行为不一样
         self.resid_dropout = nn.Dropout(dropout)
         # 和 minimind 的 config.flash_attn 一样：可以关掉快速路径（测试用它比较两条路径）
         self.flash = hasattr(F, "scaled_dot_product_attention")
@@ -149,15 +149,11 @@ class Attention(nn.Module):
         if self.flash and past_key_value is None and no_padding:
             # 没有 cache（Sq == Sk，左上/右下对齐的因果掩码相同）也没有 padding：
             # 与下面的手写路径数学上相同，用 PyTorch 的融合实现更快更省内存
-            out = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-            )
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             mask = None
             if not no_padding:
                 mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, S_total]：对所有头、所有 query 广播
-            # 手写路径不对注意力概率做 dropout（scaled_dot_product_attention 没有这个参数）；
-            # 它只在带 cache / padding 的推理时才会走到，那时 dropout 本来就关着
             out = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True)
         out = out.transpose(1, 2).reshape(bsz, seq_len, -1)
         return self.resid_dropout(self.o_proj(out)), present
