@@ -28,9 +28,10 @@ from torch import nn  # noqa: E402
 from kata.config import MiniMindConfig  # noqa: E402
 from kata.impl import describe  # noqa: E402
 from kata.experiment import (STUCK_MARGIN, ComponentNotImplemented, Experiment, compare_means,  # noqa: E402
-                             describe_gap, fmt_mean_std, last_first_ratio, mean_std_curve, pad, run_status,
+                             describe_gap, fmt_mean_std, last_first_ratio, mean_std_curve, run_status,
                              status_summary, summarize, unigram_baseline)
 from kata.plots import new_figure, plot_gradient_flow, plot_loss_curves  # noqa: E402
+from kata.arms import Arm, run_arms  # noqa: E402
 
 VARIANTS = ("pre", "post", "none")
 NAMES = {"pre": ("Pre-Norm（MiniMind）", "Pre-Norm (MiniMind)"), "post": ("Post-Norm", "Post-Norm"),
@@ -278,7 +279,7 @@ class BlockOrder(Experiment):
         parser.add_argument("--steps", type=int, default=None, help="训练步数（默认：快速 150，完整 300）")
 
     def run(self):
-        from kata.tinylm import layer_grad_norms, train_lm
+        from kata.tinylm import layer_grad_norms
 
         corpus = self.load_corpus()
         unigram = unigram_baseline(corpus)
@@ -300,27 +301,25 @@ class BlockOrder(Experiment):
         print(f"模型：{describe(self.impl)}的 MiniMindForCausalLM，hidden {hidden}、{depth} 层、4/2 头、"
               f"词表 {cfg.vocab_size}；学习率 {lr:g}、不加 warmup、{steps} 步")
 
-        runs = {v: [] for v in VARIANTS}
         grads = {v: [] for v in VARIANTS}
         rms = {v: [] for v in VARIANTS}
-        n_params = None
-        for v in VARIANTS:
-            for s in seeds:
-                model = CharLM(make_variant(build_learner_lm(self.impl, cfg, s), v)).to(self.device)
-                n_params = sum(p.numel() for p in model.parameters())
-                rms[v].append(stream_rms_per_layer(model, corpus, seq_len=seq_len, batch_size=batch, seed=s))
-                grads[v].append(layer_grad_norms(model, corpus, seq_len=seq_len, batch_size=batch, seed=s))
-                res = train_lm(model, corpus, steps=steps, batch_size=batch, seq_len=seq_len, lr=lr, warmup_steps=0,
-                               grad_clip=1.0, eval_every=eval_every, eval_iters=eval_iters, seed=s,
-                               device=self.device, progress=self.progress, desc=f"{NAMES[v][1]} seed {s}")
-                r = {**res.to_dict(), "seed": s}
-                if res.diverged_at is None:
-                    r["stream_rms_after"] = stream_rms_per_layer(model, corpus, seq_len=seq_len, batch_size=batch, seed=s)
-                runs[v].append(r)
-                st = run_status(r, unigram)
-                text = (f"发散于第 {r['diverged_at']} 步" if st == "diverged" else
-                        f"val loss {r['final_val_loss']:.3f}" + ("（停在字频水平）" if st == "stuck" else ""))
-                print(f"  {pad(NAMES[v][0], 20)} seed {s}: {text}，{res.wall_time_s:.1f} 秒")
+
+        def measure_at_init(arm, s, model):
+            rms[arm.key].append(stream_rms_per_layer(model, corpus, seq_len=seq_len, batch_size=batch, seed=s))
+            grads[arm.key].append(layer_grad_norms(model, corpus, seq_len=seq_len, batch_size=batch, seed=s))
+
+        def measure_after(arm, s, model, r):
+            if r["diverged_at"] is None:
+                r["stream_rms_after"] = stream_rms_per_layer(model, corpus, seq_len=seq_len, batch_size=batch, seed=s)
+
+        arms = [Arm(v, NAMES[v][0], NAMES[v][1],
+                    build=lambda s, v=v: (CharLM(make_variant(build_learner_lm(self.impl, cfg, s), v)), {}))
+                for v in VARIANTS]
+        run_arms(self, corpus, arms, seeds, steps=steps, batch=batch, seq_len=seq_len, lr=lr,
+                 eval_every=eval_every, eval_iters=eval_iters, before_train=measure_at_init,
+                 after_train=measure_after, unigram=unigram)
+        runs = {a.key: a.runs for a in arms}
+        n_params = {a.key: a.n_params for a in arms}
 
         self._plots(runs, grads, rms, seeds, unigram)
         rows = []
@@ -336,7 +335,7 @@ class BlockOrder(Experiment):
             ])
         self.print_table(["块的顺序", "初始化残差流 RMS last/first", "初始化梯度 last/first", "最后一层 RMS 训练前→后",
                           f"最终验证 loss（{len(seeds)} 个种子）", "状态"], rows,
-                         title=f"{n_params:,} 个参数；只按字符频率猜的验证 loss = {unigram:.3f}")
+                         title="参数量：" + "，".join(f"{a.zh} {a.n_params:,}" for a in arms) + f"；只按字符频率猜的验证 loss = {unigram:.3f}")
         text, verdict = write_conclusion(runs, grads, rms, unigram, depth, lr, steps, len(seeds))
         self.conclude(text)
         return {"unigram_baseline_val_loss": unigram, "n_params": n_params, "runs": runs,
