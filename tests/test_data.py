@@ -290,6 +290,55 @@ def test_missing_data_file_raises(tmp_path):
         data.find_or_download_shakespeare(tmp_path / "nope.txt")
 
 
+def test_data_file_that_is_not_a_readable_file_says_so_in_one_sentence(tmp_path, monkeypatch):
+    """文件夹（里面没有 tinyshakespeare.txt）、管道、没有读权限：各一句话，说清楚是哪种情况。"""
+    cases = {tmp_path: "是一个文件夹，不是文件（里面也没有 tinyshakespeare.txt）"}
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe")
+        cases[tmp_path / "pipe"] = "存在，但不是普通文件"
+    locked = tmp_path / "locked.txt"
+    locked.write_bytes(FAKE_SHAKESPEARE)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == locked else real_access(p, mode, **kw))
+    cases[locked] = "存在，但当前用户没有读取权限"
+    for path, words in cases.items():
+        with pytest.raises(data.DataError) as info:
+            data.load_corpus("shakespeare", data_file=path, allow_synthetic=True)
+        msg = str(info.value)
+        assert words in msg and str(path) in msg and "\n" not in msg, msg
+        assert not isinstance(info.value, data.DataUnavailableError), "坏的 --data-file 不应悄悄退回合成语料"
+    with pytest.raises(data.DataError, match="是一个文件夹"):
+        data.load_corpus("tinystories", data_file=tmp_path)
+
+
+def test_offline_env_never_downloads(monkeypatch, fake_shakespeare):
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    assert data.offline()
+    with pytest.raises(data.DataUnavailableError) as info:
+        data.find_or_download_shakespeare()
+    assert "KATA_OFFLINE=1" in str(info.value) and fake_shakespeare.requests == []
+    with pytest.raises(data.DataUnavailableError, match="KATA_OFFLINE=1"):
+        data.fetch_tinystories(0.01, url=fake_shakespeare.url + "/stories.txt")
+    assert fake_shakespeare.requests == []
+    c = data.load_corpus("shakespeare", allow_synthetic=True)
+    assert c.fell_back_to_synthetic and fake_shakespeare.requests == []
+    monkeypatch.setenv(data.OFFLINE_ENV, "0")
+    assert not data.offline()
+    assert data.load_corpus("shakespeare").source == "download"
+
+
+def test_shakespeare_available_looks_only_locally(tmp_path, monkeypatch, fake_shakespeare):
+    assert data.shakespeare_available() is False
+    ddir = tmp_path / "dd"
+    ddir.mkdir()
+    (ddir / data.SHAKESPEARE_FILE).write_bytes(BAD)
+    monkeypatch.setenv("KATA_DATA_DIR", str(ddir))
+    assert data.shakespeare_available() is False, "sha256 不对的文件不算"
+    (ddir / data.SHAKESPEARE_FILE).write_bytes(FAKE_SHAKESPEARE)
+    assert data.shakespeare_available() is True
+    assert fake_shakespeare.requests == []
+
+
 def test_corrupt_cache_is_replaced(fake_shakespeare, capsys):
     cached = data.cache_dir() / data.SHAKESPEARE_FILE
     cached.parent.mkdir(parents=True)
@@ -308,6 +357,7 @@ def test_offline_raises_friendly_error(closed_url):
     for word in ["KATA_DATA_DIR", "--data-file", "python -m kata.data --download-all",
                  closed_url + "/input.txt", data.SHAKESPEARE_SHA256, "Could not get"]:
         assert word in msg, f"离线提示里应有 {word!r}：\n{msg}"
+    assert "shared" not in msg, "不要提示只在作者机器上存在的文件夹（../shared/data）"
     assert files_in(data.cache_dir()) == []
 
 
