@@ -9,6 +9,9 @@
         title = "为什么需要归一化？"
         description = "……"
         requires = ("RMSNorm",)            # 这些组件必须来自 --impl 选中的实现
+        # 用到语料的实验必须写明：拿不到 TinyShakespeare 时能否诚实地改用合成语料，以及为什么
+        can_use_synthetic = True
+        synthetic_reason = "它测的是梯度流，这是优化层面的现象，不依赖语料是不是真实英文"
 
         def add_arguments(self, parser):   # 可选：实验自己的参数
             parser.add_argument("--depth", type=int, default=None, help="层数")
@@ -25,11 +28,13 @@
     if __name__ == "__main__":
         sys.exit(MyExperiment.main())
 
-脚本开头用三行把仓库根目录放进 sys.path，这样在仓库根目录和脚本所在文件夹里都能运行::
+脚本开头用三行把仓库根目录放进 sys.path，这样在仓库根目录和脚本所在文件夹里都能运行；紧接着第一个
+导入本模块（在 import torch 之前），它会装好 Ctrl-C 的处理：导入途中按 Ctrl-C 也只打印“已中断”::
 
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    import kata.experiment  # noqa: E402,F401
 
 run() 里可用的工具：``self.mode``（smoke / quick / full）与 ``self.by_mode(...)``、``self.seeds(full=3)``、
 ``self.component(name)``、``self.load_corpus()``（--data-file / KATA_DATA_DIR / 缓存 / 下载；
