@@ -356,7 +356,8 @@ def test_experiments_that_use_data_declare_whether_synthetic_is_honest():
         cls = kx.load_experiment_class(script)
         if "load_corpus(" not in script.read_text(encoding="utf-8"):
             continue
-        assert "can_use_synthetic" in vars(cls) and "synthetic_reason" in vars(cls), (
+        declared = "can_use_synthetic" in vars(cls) and "synthetic_reason" in vars(cls)
+        assert declared, (
             f"{script.name} 用到语料，应在类里写明 can_use_synthetic 与 synthetic_reason（为什么可以/不可以用合成语料）")
         assert len(cls.synthetic_reason) > 15, script.name
 
