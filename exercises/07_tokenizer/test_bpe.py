@@ -326,7 +326,7 @@ def test_first_merge_is_the_most_frequent_pair(impl):
     require_equal(merges[:1], [(b"u", b"g")], what=f"在 {text!r} 上学到的第一条合并（出现 5 次的 (u, g)）",
                   section=TRAIN, run=run)
     require_equal(merges, [(b"u", b"g"), (b"h", b"ug"), (b" ", b"hug")],
-                  what="接下来两条：(h, ug) 4 次，(' ', hug) 3 次", section=TRAIN, run=run)
+                  what="前三条合并：(u, g) 5 次，然后 (h, ug) 4 次，然后 (' ', hug) 3 次（每合并一次都要重新数 pair）", section=TRAIN, run=run)
 
 
 @pytest.mark.parametrize("text, expected", [
