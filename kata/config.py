@@ -1,4 +1,4 @@
-"""MiniMindConfig：与 minimind `MiniMindConfig` 同名同默认值的配置（CONVENTIONS §3）。
+"""MiniMindConfig：与 minimind `MiniMindConfig` 同名同默认值的配置（课程 API 约定里的 kata.MiniMindConfig）。
 
 默认值对应 MiniMind2-small（hidden 512、8 层、8 个 query 头 / 2 个 KV 头、词表 6400）。
 它是一个普通 dataclass，而不是 transformers 的 PretrainedConfig：kata 不依赖 transformers。

@@ -33,7 +33,8 @@
        post 无残差：   x = norm(f(x))
 
    final_norm=True 时最后一个块之后还有一个 norm（minimind 的 ``model.norm``）。
-4. **初始化** 同 nanoGPT / minimind：Linear 与 Embedding 的权重 ~ N(0, 0.02)，
+4. **初始化** 同 nanoGPT（minimind-3 经 transformers 的 post_init 也是 N(0, 0.02)；MiniMind2 用 PyTorch 默认初始化）：
+   Linear 与 Embedding 的权重 ~ N(0, 0.02)，
    每个残差分支的输出投影（o_proj、down_proj）~ N(0, 0.02/√(2·n_layers))——
    2·n_layers 个分支相加，方差不随深度增长（GPT-2 论文 §2.3）。RMSNorm / LayerNorm 保持 1 / 0。
 5. **可以比训练时更长**：rope / nope / sinusoidal / alibi 的位置表按需加长（长度外推实验要用）；

@@ -49,7 +49,7 @@ def collect_coefficients(model, corpus, *, n_seqs: int, seq_len: int, batch: int
     for i, b in enumerate(blocks):
         down = getattr(b.mlp, "down_proj", None)
         if down is None:
-            raise UsageError("实验 4 需要 FeedForward 有名为 down_proj 的 nn.Linear（API 约定见 CONVENTIONS §3）。")
+            raise UsageError("实验 4 需要 FeedForward 有名为 down_proj 的 nn.Linear（与 minimind 的 FeedForward 同名：gate_proj / up_proj / down_proj）。")
 
         def hook(module, inputs, i=i):
             store[i].append(inputs[0].detach().float().reshape(-1, inputs[0].shape[-1]).cpu())

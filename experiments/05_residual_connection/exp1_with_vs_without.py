@@ -129,7 +129,7 @@ class WithVsWithout(Experiment):
             self.note(note)
         corpus = self.load_corpus()
         unigram = unigram_baseline(corpus)
-        depths = sorted(set(self.args.depths or self.by_mode(smoke=[2, 3], quick=[4, 8, 16], full=[4, 8, 16])))
+        depths = sorted(set(self.args.depths or self.by_mode(smoke=[2, 3], quick=[4, 16], full=[4, 8, 16])))
         if any(d < 1 for d in depths):
             raise UsageError("--depths 里的层数必须是正整数")
         steps = self.args.steps or self.by_mode(smoke=3, quick=100, full=300)
@@ -220,14 +220,14 @@ class WithVsWithout(Experiment):
         if all(col_ok):
             parts.append("没有残差时，每经过一层注意力，各位置的表示就被“平均”得更像一点（或者整个信号一起缩没了）；"
                          "有残差时，每一层只是在原来的表示上加一个小增量，token 之间的差别一直保留着。"
-                         "这就是 Dong 等（2021）说的：去掉跳连，纯注意力的输出会随深度迅速坍缩到秩 1，跳连能阻止它。")
+                         "这就是 Dong 等（2021）说的：去掉跳连（也没有 MLP）时，纯注意力网络里所有 token 的表示会随深度迅速变成同一个向量（token uniformity，输出坍缩到秩 1），跳连能阻止它。")
         else:
             parts.append("与预期不完全一致：至少在一个深度上，无残差的表示并没有比有残差时明显更相似、也没有消失。")
         g_text, g_ok = grad_sentence(depths, grads, arms)
         parts.append(g_text)
         verdict["residual_grads_balanced"] = g_ok
         if g_ok:
-            parts.append("有残差时各 block 的梯度在同一个量级：恒等通路把梯度原样送到每一层（teaching.md §2.2）。")
+            parts.append("有残差时各 block 的梯度在同一个量级：恒等通路让梯度不必逐层连乘就能到达每一层（teaching.md §2.2）。")
 
         learned = {k: run_status(r, unigram) for k, r in runs.items()}
         res_ok = [d for d in depths if learned.get(("res", d)) == "ok"]

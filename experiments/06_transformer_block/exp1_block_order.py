@@ -216,7 +216,7 @@ def write_conclusion(runs: dict, grads: dict, rms: dict, unigram: float, depth: 
         how = "；".join(join_mixed(zh[v], how_worse(runs[v], loss["pre"], loss[v], unigram)) for v in ("post", "none"))
         parts.append(f"同一个学习率、不加 warmup，只有 Pre-Norm 每个种子都训练正常：{how}。"
                      f"这就是 MiniMind（以及 GPT-2 之后几乎所有大模型）把 norm 放在子层前面、残差加回未归一化的 x 的原因——"
-                     "恒等高速公路上没有任何 norm，梯度可以原样流回每一层（Xiong 等 2020：Pre-LN 不需要 warmup）；"
+                     "恒等通路（残差流）上没有任何 norm，梯度不必逐层连乘就能流回每一层（Xiong 等 2020：Pre-LN 不需要 warmup）；"
                      "而每个子层读到的又总是归一化过的输入，同一个学习率对每一层都合适。")
     elif worse["post"] or worse["none"]:
         which = zh["post"] if worse["post"] else zh["none"]
