@@ -427,6 +427,7 @@ YARN_EDGE_CASES = [  # (dim, rope_base, L, factor, beta_fast, beta_slow, 这一�
     (32, 1e4, 64, 4, 32, 1, "low 低于 0，要截断"),
     (64, 1e4, 256, 4, 8, 2, "非默认的 beta_fast=8、beta_slow=2"),
     (32, 1e4, 512, 16, 16, 0.5, "非默认的 beta_fast=16、beta_slow=0.5"),
+    (4, 10.0, 2048, 4, 32, 1, "斜坡退化：上界被压到 low 之下，分母用 max(high − low, 0.001)"),
 ]
 
 

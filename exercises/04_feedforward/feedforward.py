@@ -31,7 +31,10 @@ class FeedForward(nn.Module):
 
       先用 int() 把 8·dim/3 截成整数，再向上取整到 multiple_of 的倍数；显式给了 hidden_dim 就**原样照用**；
     - 三个**没有 bias** 的线性层，名字必须是 gate_proj、up_proj（D → H）和 down_proj（H → D）；
-    - 一个 nn.Dropout(dropout)，作用在 down_proj 的输出上（eval 模式下自动失效）。
+    - 一个 nn.Dropout(dropout)，作用在 down_proj 的**输出**上：y = dropout(down_proj(…))（与 minimind 相同）。
+      训练模式下它以概率 dropout 把输出的元素置 0、其余除以 1 − dropout；eval 模式下自动失效。
+      不要放在隐层 silu(g) ⊙ u 上——测试会检查训练时输出里恰好为 0 的元素约占 dropout 的比例；
+    - multiple_of 和 dropout 都要用构造参数的值（测试会换不同的值）。
 
     提示：
     - 激活函数是 SiLU：`F.silu(g)`，不是 ReLU / GELU / sigmoid；只作用在 gate 分支上，up 分支不过激活；

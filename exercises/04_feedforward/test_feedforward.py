@@ -301,17 +301,47 @@ def test_dropout_inactive_in_eval(impl):
                  section=WHAT_IS, module=MODULE, run=run_eval)
 
 
-def test_dropout_active_in_training(impl):
-    x, w = _make((4, 6), 16, 32, seed=17)
+@pytest.mark.parametrize("p", [0.25, 0.75])
+def test_dropout_acts_on_the_output_in_training(impl, p):
+    # nn.Dropout(p) 作用在 down_proj 的输出上：每个输出元素要么恰好是 0，要么恰好是公式值的 1/(1−p) 倍。
+    # 被丢弃的比例是 Binomial(n, p)/n，n = 8·16·16 = 2048：标准差 ≤ 0.01，容差 0.08 是 8 个标准差。
+    # 随机数种子固定，同一个实现每次得到同样的结果（不会时红时绿）。
+    x, w = _make((8, 16), 16, 40, seed=17, dtype=torch.float64)
     torch.manual_seed(0)
-    out = _call(_runner(x, w, dropout=0.5, train=True), impl)
-    same = torch.isclose(out, _swiglu_silu(x, w), atol=1e-6, rtol=1e-5).float().mean().item()
-    require(same < 0.9,
-            f"dropout=0.5、训练模式下输出应该被随机丢弃（约一半变化），实际 {same:.0%} 的元素与不加 dropout 时相同"
-            "——FeedForward(dim, dropout=p) 要建一个 nn.Dropout(p) 并用在输出上", WHAT_IS)
+    with torch.no_grad():
+        out = _call(_runner(x, w, dropout=p, train=True), impl)
+    ref = _swiglu_float64(x, w)
+    require(isinstance(out, torch.Tensor) and out.shape == ref.shape, f"输出形状应为 {tuple(ref.shape)}", WHAT_IS)
+    zero = out == 0
+    frac = float(zero.double().mean())
+    if frac < 0.02:
+        unchanged = bool(torch.allclose(out, ref, **TOL[torch.float64]))
+        require(False,
+                f"FeedForward(dropout={p}) 在训练模式下，输出里恰好为 0 的元素应约占 {p:.0%}（down_proj 之后的 "
+                f"nn.Dropout({p}) 以概率 {p} 把每个输出元素置 0），实际只占 {frac:.1%}——"
+                + ("输出与不加 dropout 时完全相同：dropout 没有起作用（没建 nn.Dropout、建了没用上，或者把 dropout 参数丢了）"
+                   if unchanged else
+                   "输出变了，却几乎没有 0：dropout 做在了隐层上（silu(gate(x)) ⊙ up(x) 或 gate / up 的输出），"
+                   "被丢弃的隐层单元经过 down_proj 又混进了每个输出元素。本课（与 minimind 一样）把 dropout 放在 down_proj 的输出上"),
+                "teaching.md §2（SwiGLU 是什么；dropout 在 down_proj 之后）")
+    require(abs(frac - p) <= 0.08,
+            f"FeedForward(dropout={p}) 在训练模式下，输出里恰好为 0 的元素应约占 {p:.0%}，实际占 {frac:.1%}"
+            f"——dropout 的概率不对：构造参数 dropout 要原样传给 nn.Dropout（nn.Dropout() 不传参数时 p=0.5）", WHAT_IS)
+    kept = ~zero
+    ok = bool(torch.allclose(out[kept], ref[kept] / (1 - p), atol=1e-9, rtol=1e-9))
+    ratio = (out[kept] / ref[kept]).abs()
+    require(ok, f"FeedForward(dropout={p}) 在训练模式下，没被丢弃的输出元素应恰好是公式值的 1/(1−{p}) = {1 / (1 - p):.4g} 倍，"
+                f"实际倍数在 {float(ratio.min()):.4g} … {float(ratio.max()):.4g} 之间"
+                "——dropout 不在 down_proj 的输出上，或者被丢弃之后没有按 1/(1−p) 放大（用 nn.Dropout 或 F.dropout，不要自己乘掩码）",
+            WHAT_IS)
+
+
+def test_dropout_zero_in_training_is_the_formula(impl):
+    x, w = _make((4, 6), 16, 32, seed=17)
     run0 = _runner(x, w, dropout=0.0, train=True)
     assert_close(_call(run0, impl), _swiglu_silu(x, w), **TOL[torch.float32],
-                 what="dropout=0、训练模式下（输出应等于公式）", section=WHAT_IS, module=MODULE, run=run0)
+                 what="dropout=0、训练模式下（输出应等于公式：是不是把 dropout 的概率写死了？）", section=WHAT_IS,
+                 module=MODULE, run=run0)
 
 
 # ---------------------------------------------------------------- 5. 梯度

@@ -104,6 +104,33 @@ class DropoutAlways(_Base):
         return F.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), self.p)
 
 
+class NoDropout(_Base):
+    """建了 self.dropout 却没用上。"""
+
+    def forward(self, x):
+        return self.down_proj(self._mix(self.gate_proj(x), self.up_proj(x)))
+
+
+class DropoutOnHidden(_Base):
+    """dropout 放在了隐层上（down_proj 之前），输出上没有。"""
+
+    def forward(self, x):
+        return self.down_proj(self.dropout(self._mix(self.gate_proj(x), self.up_proj(x))))
+
+
+class DropoutDefaultP(_Base):
+    """nn.Dropout() 没传 dropout：默认 p=0.5。"""
+
+    def __init__(self, dim, hidden_dim=None, multiple_of=64, dropout=0.0):
+        super().__init__(dim, hidden_dim, multiple_of, dropout)
+        self.dropout = nn.Dropout()
+
+
+class MultipleOfIgnored(_Base):
+    def _width(self, dim, hidden_dim, multiple_of):
+        return _default_width(dim, 64) if hidden_dim is None else hidden_dim
+
+
 BUGS = [
     Bug("gate_up_swapped", "gate 与 up 用反了：SiLU 作用在了 up_proj 的输出上——down(silu(up(x)) ⊙ gate(x))",
         {"FeedForward": GateUpSwapped}),
@@ -127,4 +154,10 @@ BUGS = [
     Bug("hidden_dim_ignored", "显式传入的 hidden_dim 被忽略了，总是用默认宽度", {"FeedForward": HiddenDimIgnored}),
     Bug("dropout_always", "用了 F.dropout(h, p) 却没传 training=self.training：eval 模式下也在随机丢弃",
         {"FeedForward": DropoutAlways}),
+    Bug("no_dropout", "FeedForward 没有做 dropout（建了 self.dropout 却没用上）：dropout=p 在训练时不起作用",
+        {"FeedForward": NoDropout}),
+    Bug("dropout_on_hidden", "dropout 放在了隐层上：down(dropout(silu(gate(x)) ⊙ up(x)))；本课（与 minimind 一样）"
+        "是 dropout(down(…))，放在 down_proj 的输出上", {"FeedForward": DropoutOnHidden}),
+    Bug("dropout_default_p", "nn.Dropout() 没传构造参数 dropout：默认 p=0.5，dropout=0 时训练也在丢", {"FeedForward": DropoutDefaultP}),
+    Bug("multiple_of_ignored", "默认宽度写死了 64 的倍数，忽略了构造参数 multiple_of", {"FeedForward": MultipleOfIgnored}),
 ]
