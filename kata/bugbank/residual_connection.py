@@ -75,6 +75,26 @@ class PostNoResidual(_Base):
         return self.norm(self.sublayer(x))
 
 
+class _FreshNorm(_Base):
+    """forward 里现建一个 RMSNorm(dim)（weight 全 1、默认 eps），而不是用 self.norm：
+    训练学到的 weight、构造时给的 eps 都用不上，而且这个 norm 不在 parameters() 里。"""
+
+    def _fresh(self, x):
+        from solutions import RMSNorm
+
+        return RMSNorm(x.shape[-1]).to(x.dtype)(x)
+
+
+class PreFreshNorm(_FreshNorm):
+    def forward(self, x):
+        return x + self.sublayer(self._fresh(x))
+
+
+class PostFreshNorm(_FreshNorm):
+    def forward(self, x):
+        return self._fresh(x + self.sublayer(x))
+
+
 BUGS = [
     Bug("pre_is_post", "Pre-Norm 写成了 Post-Norm：先相加再归一化 norm(x + sublayer(x))",
         {"PreNormResidual": PreIsPost}),
@@ -96,4 +116,9 @@ BUGS = [
         {"PostNormResidual": PostNormBranchOnly}),
     Bug("post_no_residual", "Post-Norm 忘了残差：norm(sublayer(x))，没有加回 x",
         {"PostNormResidual": PostNoResidual}),
+    Bug("pre_fresh_norm_in_forward", "Pre-Norm 在 forward 里现建了一个 RMSNorm(dim) 而不是用 self.norm："
+        "学到的 weight 和构造参数 eps 都用不上（这个 norm 也不在 parameters() 里，永远训练不到）",
+        {"PreNormResidual": PreFreshNorm}),
+    Bug("post_fresh_norm_in_forward", "Post-Norm 在 forward 里现建了一个 RMSNorm(dim) 而不是用 self.norm："
+        "学到的 weight 和构造参数 eps 都用不上", {"PostNormResidual": PostFreshNorm}),
 ]
