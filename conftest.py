@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, Phase, settings
 import torch
 
 from kata import impl as kata_impl
+from kata.runner import CONTRACT_PROPERTY, NOT_IMPLEMENTED_PROPERTY, cascade, worth_showing
 
 # 测试里的张量都很小：多线程只有调度开销，机器忙时两个线程还会互相等待（慢几倍）
 torch.set_num_threads(1)
@@ -66,11 +68,80 @@ def pytest_configure(config):
         if chosen not in (None, "solutions"):
             raise pytest.UsageError("--solutions 与 --impl 只能二选一")
         chosen = "solutions"
+    # 值不对（KATA_IMPL=bogus、不存在的路径）：在这里停一次，说一句话——而不是每个测试各报一遍同样的错
+    source = "--impl" if chosen is not None else kata_impl.ENV_VAR
+    value = chosen if chosen is not None else os.environ.get(kata_impl.ENV_VAR)
+    if value:
+        try:
+            normalized = kata_impl.check_impl(value, source=source)
+        except kata_impl.ImplLoadError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        if chosen is not None:
+            chosen = normalized
     kata_impl.set_default_impl(chosen)
 
 
 def pytest_report_header(config):
     return f"minimind-kata: 被测实现 = {kata_impl.describe(kata_impl.default_impl())}"
+
+
+def _module_key(path) -> str | None:
+    key = Path(str(path)).parent.name
+    return key if re.fullmatch(r"\d\d_[a-z0-9_]+", key) else None
+
+
+def _contracts_for(items_in_dir) -> tuple:
+    """一个模块目录的契约表：各测试文件的 KATA_CONTRACTS 按文件顺序合并；都没有就用 kata.testing.CONTRACTS。"""
+    from kata.testing import CONTRACTS, check_contracts
+
+    merged, seen_files = [], set()
+    for item in items_in_dir:
+        mod = getattr(item, "module", None)
+        if mod is None or mod.__name__ in seen_files:
+            continue
+        seen_files.add(mod.__name__)
+        merged.extend(getattr(mod, "KATA_CONTRACTS", ()))
+    key = _module_key(items_in_dir[0].path)
+    where = f"exercises/{key}/test_*.py 的 KATA_CONTRACTS"
+    if not merged:
+        merged, where = list(CONTRACTS.get(key, ())), f"kata.testing.CONTRACTS[{key!r}]"
+    try:
+        return check_contracts(merged, where)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """① bug:<名字> 不在被测模块的 bug bank 里：停一次，列出可用的名字；
+    ② 给每个练习测试记下它的契约（写进报告与 junit，供“先修这一条”分组），并按契约顺序排列同一文件里的测试。"""
+    from kata.testing import contract_info
+
+    by_dir: dict[str, list] = {}
+    for item in items:
+        key = _module_key(item.path)
+        if key is not None:
+            by_dir.setdefault(key, []).append(item)
+    impl = kata_impl.default_impl()
+    if impl.startswith("bug:") and by_dir and not config.getoption("--bug-bank"):
+        try:
+            kata_impl.check_impl(impl, list(by_dir), source="--impl" if config.getoption("--impl") else kata_impl.ENV_VAR)
+        except (kata_impl.ImplLoadError, ValueError) as exc:
+            raise pytest.UsageError(str(exc)) from None
+    rank: dict[int, int] = {}
+    for key, group in by_dir.items():
+        contracts = _contracts_for(group)
+        if not contracts:
+            continue
+        for item in group:
+            info = contract_info(item.name, contracts)
+            item.user_properties.append((CONTRACT_PROPERTY, json.dumps(info, ensure_ascii=False)))
+            rank[id(item)] = info["rank"]
+    if rank and not config.getoption("--bug-bank"):
+        # 同一个文件里按契约顺序跑：最基础的失败出现在最前面（-x 时也最先停在它上面）
+        files = {}
+        for i, item in enumerate(items):
+            files.setdefault(str(item.path), i)
+        items.sort(key=lambda it: (files[str(it.path)], rank.get(id(it), 10**6)))
 
 
 def pytest_generate_tests(metafunc):
@@ -91,7 +162,7 @@ def impl(request):
         pytest.fail(str(exc), pytrace=False)
 
 
-_NOT_IMPLEMENTED = "not_implemented"
+_NOT_IMPLEMENTED = NOT_IMPLEMENTED_PROPERTY
 
 
 class StubNotImplemented(BaseException):
@@ -149,9 +220,11 @@ def pytest_runtest_makereport(item, call):
         return None
     msg = _stub_message(item, exc)
     sections = [(f"Captured {key} {when}", content) for when, key, content in item._report_sections]
+    # 记在 item 上：junit 报告取的是 teardown 时 item 的 user_properties（kata.runner 靠它认出“还没实现”）
+    item.user_properties.append((_NOT_IMPLEMENTED, msg))
     return pytest.TestReport(
         item.nodeid, item.location, {x: 1 for x in item.keywords}, "failed", msg, "call", sections,
-        call.duration, call.start, call.stop, user_properties=[*item.user_properties, (_NOT_IMPLEMENTED, msg)],
+        call.duration, call.start, call.stop, user_properties=list(item.user_properties),
     )
 
 
@@ -167,7 +240,48 @@ def pytest_runtest_makereport_for_timeouts(item, call):
     return report
 
 
+def _layer(rep):
+    for key, value in rep.user_properties:
+        if key == CONTRACT_PROPERTY:
+            return json.loads(value)
+    return None
+
+
+def _is_stub(rep) -> bool:
+    return any(key == _NOT_IMPLEMENTED for key, _ in rep.user_properties)
+
+
+def _first_message_line(rep) -> str:
+    text = getattr(rep, "longreprtext", "") or ""
+    for line in text.splitlines():
+        line = line.strip().removeprefix("E ").strip()
+        if line and not line.startswith(("def ", "@", ">")):
+            return line
+    return ""
+
+
+def _write_cascade(terminalreporter) -> None:
+    """失败按契约分层：先讲最基础的那个失败契约，依赖它的失败归在它下面（kata.testing 的模块文档）。"""
+    failed = [r for r in terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", [])
+              if getattr(r, "when", "call") in ("call", "setup") and not _is_stub(r)]
+    groups = cascade(failed, _layer)
+    if not worth_showing(groups):
+        return
+    tr = terminalreporter
+    tr.section("先修这一条")
+    for i, g in enumerate(groups):
+        head = "先修这一条" if i == 0 else "另一个独立的失败（也要修）"
+        tr.write_line(f"{head}：{g.title}（{len(g.primary)} 个测试失败）", bold=True, red=True)
+        for rep in g.primary:
+            tr.write_line(f"  ✗ {rep.nodeid.split('::')[-1]}：{_first_message_line(rep)}")
+        if g.dependents:
+            tr.write_line(f"  下面 {len(g.dependents)} 个失败都依赖它，很可能是它连带的——先修好上面这一条，再重跑看还剩哪些：")
+            for rep in g.dependents:
+                tr.write_line(f"    · {rep.nodeid.split('::')[-1]}")
+
+
 def pytest_terminal_summary(terminalreporter):
+    _write_cascade(terminalreporter)
     pending = {}
     for rep in terminalreporter.stats.get("failed", []):
         for key, msg in rep.user_properties:

@@ -51,13 +51,55 @@ class ImplLoadError(ImportError):
     """实现文件不存在或无法导入。"""
 
 
+IMPL_FORMS = "exercises（你的代码）、solutions（参考实现）、bug:<名字>（bug bank），或一个存在的 .py 文件/目录的路径"
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def check_impl(impl: str, modules=None, *, source: str = "--impl") -> str:
+    """在真正加载之前检查一个 impl 的值；不合法时抛 ImplLoadError（一句中文，说清是哪里不对）。
+
+    modules：要用它的模块（Module 或目录名）；给了的话，``bug:<名字>`` 要在其中某个模块的 bug bank 里。
+    返回规范化的值（路径变成绝对路径）。pytest 的 --impl / KATA_IMPL 与实验的 --impl 都用它。
+    """
+    if impl in SIDES:
+        return impl
+    if impl.startswith("bug:"):
+        name = impl[4:]
+        if modules:
+            from kata.bugbank import bugs_for, get_bug
+
+            keys = [m if isinstance(m, str) else m.key for m in modules]
+            keys = [get_module(k).key for k in keys]
+            if not any(b.name == name for k in keys for b in bugs_for(k)):
+                get_bug(keys[0], name)  # 抛出列出可用名字的那个错误
+        elif not name:
+            raise ImplLoadError(f"{source} 的值 {impl!r}：bug: 后面要写一个 bug 的名字（{IMPL_FORMS}）")
+        return impl
+    path = Path(impl).expanduser()
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    if not path.exists():
+        looks_like_path = any(ch in impl for ch in "/\\.") or impl.startswith("~")
+        if looks_like_path:
+            raise ImplLoadError(f"{source}：文件不存在：{_shown(path)}（{source} 可以是 {IMPL_FORMS}）")
+        raise ImplLoadError(f"{source} 的值 {impl!r} 不是可用的实现：应为 {IMPL_FORMS}"
+                            f"（也没有叫 {_shown(path)} 的文件）")
+    return str(path.resolve())
+
+
 def _load_file(path: Path, modname: str) -> ModuleType:
     path = path.resolve()
     cached = sys.modules.get(modname)
     if cached is not None and getattr(cached, "__file__", None) == str(path):
         return cached
     if not path.is_file():
-        raise ImplLoadError(f"找不到实现文件：{path}")
+        raise ImplLoadError(f"文件不存在：{_shown(path)}" + ("（这是一个目录，里面应有同名的 .py 文件）" if path.is_dir() else ""))
     spec = importlib.util.spec_from_file_location(modname, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -123,7 +165,7 @@ def resolve(module: Module | str, impl: str | None = None) -> SimpleNamespace:
             ns._files.append(mod.__file__)
             for n in names:
                 if not hasattr(mod, n):
-                    raise ImplLoadError(f"{impl}/{m.key}/{fname} 里没有定义 {n}（API 约定见 CONVENTIONS §3）")
+                    raise ImplLoadError(f"{impl}/{m.key}/{fname} 里没有定义 {n}（要导出的名字见 exercises/{m.key}/{fname} 里的桩）")
                 setattr(ns, n, getattr(mod, n))
         return ns
     if impl.startswith("bug:"):
@@ -141,16 +183,14 @@ def resolve(module: Module | str, impl: str | None = None) -> SimpleNamespace:
     if not path.is_absolute():
         path = (Path.cwd() / path).resolve()
     if not path.exists():
-        raise ImplLoadError(
-            f"--impl / {ENV_VAR} 的值 {impl!r} 既不是 exercises / solutions / bug:<名字>，也不是存在的路径"
-        )
+        check_impl(impl, source=f"--impl / {ENV_VAR}")  # 抛出“文件不存在”或“不是可用的实现”
     for fname, names in m.files.items():
         fpath = path / fname if path.is_dir() else path
         mod = _load_file(fpath, f"kata_external._{m.key}.{abs(hash(str(fpath)))}.{Path(fname).stem}")
         ns._files.append(mod.__file__)
         for n in names:
             if not hasattr(mod, n):
-                raise ImplLoadError(f"{fpath} 里没有定义 {n}（API 约定见 CONVENTIONS §3）")
+                raise ImplLoadError(f"{_shown(fpath)} 里没有定义 {n}（要导出的名字见 exercises/{m.key}/{fname} 里的桩）")
             setattr(ns, n, getattr(mod, n))
     return ns
 

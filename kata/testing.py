@@ -1,10 +1,38 @@
-"""测试用的小工具：像助教一样说话的断言。
+"""测试用的小工具：像助教一样说话的断言，以及“先修这一条”的契约分层。
 
-失败信息包含：比较的是什么、期望 vs 实际（形状、dtype、最大误差及其位置、几个样本值）、
-如果与 bug bank 里某个常见错误的输出一致就点名它，最后指向 teaching.md 的对应章节。
+失败信息包含：比较的是什么、期望 vs 实际（形状、dtype、最大误差及其位置、几个样本值——有效数字多到
+能看出差别）、误差的量级是否正好是 float32 的精度（“你在某处降到了 float32”）、如果与 bug bank 里某个
+常见错误的输出一致就点名它，最后指向 teaching.md 的对应章节。
+
+契约分层（cascade）：怎样让“一个根本错误 → 十几个测试失败”读起来只有一个起点
+-----------------------------------------------------------------------------------------
+一个根本错误（例如 RoPE 的频率写错）会让所有用到它的测试一起失败，而后面那些测试的误差比例只会误导人。
+每个模块可以把自己的测试按“契约”分层——一个契约 = 一条可以单独验证的保证，加上它依赖的更基础的契约::
+
+    # exercises/NN_名字/test_xxx.py 的模块级（推荐写在测试文件里，与测试放在一起维护）
+    from kata.testing import Contract
+
+    KATA_CONTRACTS = (
+        Contract("shape", "表的形状与布局", tests=("test_tables_shape_*",)),
+        Contract("freqs", "频率 θ_i = base^(−2i/D)", tests=("test_frequencies_*",), after=("shape",)),
+        Contract("apply", "旋转本身（给定正确的表）", tests=("test_apply_*",)),
+        Contract("pipeline", "表 + 旋转 端到端", tests=("test_matches_*",), after=("freqs", "apply")),
+    )
+
+- ``tests`` 是测试函数名的通配（fnmatch；不含参数部分 ``[...]``）；
+- ``after`` 列出它依赖的契约（写在它前面）；依赖是传递的；
+- 没有列进任何契约的测试被当作“依赖全部契约”（最综合的那一层）。
+
+有了它，pytest 的结尾和 ``python -m kata check`` 都会先给出最基础的那个失败契约（“先修这一条”），
+把依赖它的失败归在它下面（“很可能是它连带的”）。一个目录下有多个测试文件时，各文件的 KATA_CONTRACTS 合并。
+测试文件还没声明时，用下面 ``CONTRACTS`` 里为该模块登记的那一份（新模块请直接写在测试文件里）。
+还没实现（NotImplementedError）的测试不参与分层：它们有自己的“还没实现的部分”小结。
 """
 from __future__ import annotations
 
+import math
+import warnings
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import pytest
@@ -13,9 +41,108 @@ import torch
 from kata.impl import describe, resolve
 
 
-def _fmt(t: torch.Tensor, n: int = 4) -> str:
+# ---------------------------------------------------------------------------------------------
+# 契约分层（数据；分组逻辑在 kata.runner.cascade，CLI 与 pytest 小结共用）
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Contract:
+    name: str                    # 机器可读的短名，在 after 里引用
+    title: str                   # 一句中文：这个契约保证什么（出现在“先修这一条”后面）
+    tests: tuple[str, ...]       # 测试函数名的 fnmatch 通配（不含参数部分）
+    after: tuple[str, ...] = ()  # 依赖的更基础的契约（名字；必须写在本契约之前）
+
+
+_ROPE_TABLE = ("test_tables_shape_dtype_and_half_split",)
+# 测试文件还没有自己的 KATA_CONTRACTS 时用这里的（见模块文档）。新模块请直接写在测试文件里。
+CONTRACTS: dict[str, tuple[Contract, ...]] = {
+    "01_normalization": (
+        Contract("init", "RMSNorm 的参数：weight 是全 1 的 nn.Parameter", ("test_weight_is_a_parameter_of_ones",)),
+        Contract("shape", "输出形状与输入相同", ("test_output_shape",)),
+        Contract("formula", "公式本身：x / sqrt(mean(x²) + eps) · weight，沿最后一维、不减均值",
+                 ("test_eps_is_stored_and_used", "test_eps_inside_the_sqrt_float64", "test_does_not_subtract_the_mean",
+                  "test_unit_weight_output_has_rms_one", "test_each_token_normalised_independently",
+                  "test_weight_is_per_channel", "test_scale_invariant"),
+                 after=("init", "shape")),
+    ),
+    "02_position_encoding": (
+        Contract("table_shape", "precompute_freqs_cis 返回的 cos/sin 表：形状 [end, dim]、float32、half-split 布局",
+                 _ROPE_TABLE),
+        Contract("freqs", "precompute_freqs_cis 的数值：位置从 0 开始，频率 θ_i = rope_base^(−2i/dim)",
+                 ("test_frequencies_follow_rope_base", "test_tables_match_formula", "test_position_zero_is_identity",
+                  "test_defaults_match_minimind"), after=("table_shape",)),
+        Contract("rotate_half", "rotate_half(x) = [−x2, x1]", ("test_rotate_half_definition",)),
+        Contract("apply", "apply_rotary_pos_emb 本身（用测试给的正确表）：形状、不原地修改、旋转公式",
+                 ("test_apply_shapes_gqa_and_no_in_place", "test_apply_alone_float64_with_sliced_tables",
+                  "test_unsqueeze_dim_for_heads_first_layout"), after=("rotate_half",)),
+        Contract("rope", "表 + 旋转连起来：与复数写法、参考实现一致，只依赖相对位置，dtype 不变",
+                 ("test_matches_*", "test_dtype_preserved_and_values_right", "test_relative_position_property",
+                  "test_rotation_preserves_each_pair_norm", "test_gradcheck_float64"), after=("freqs", "apply")),
+        Contract("yarn", "YaRN：只在 end 超过 original_max_position_embeddings 时按 ramp 改频率",
+                 ("test_yarn_*",), after=("freqs",)),
+        Contract("sinusoidal", "正弦位置编码（与 RoPE 无关）", ("test_sinusoidal_*",)),
+    ),
+}
+
+
+def check_contracts(contracts, where: str = "KATA_CONTRACTS") -> tuple[Contract, ...]:
+    """检查一份契约表：名字唯一、after 只引用写在前面的契约。返回 tuple；有错抛 ValueError（中文）。"""
+    seen: set[str] = set()
+    out = []
+    for c in contracts:
+        if not isinstance(c, Contract):
+            raise ValueError(f"{where}：每一项都应是 kata.testing.Contract，实际 {type(c).__name__}")
+        if c.name in seen:
+            raise ValueError(f"{where}：契约名 {c.name!r} 重复了")
+        unknown = [a for a in c.after if a not in seen]
+        if unknown:
+            raise ValueError(f"{where}：契约 {c.name!r} 的 after 引用了 {unknown}，它们必须是写在它前面的契约")
+        if isinstance(c.tests, str):
+            raise ValueError(f"{where}：契约 {c.name!r} 的 tests 应是元组（少了一个逗号？）")
+        seen.add(c.name)
+        out.append(c)
+    return tuple(out)
+
+
+def contract_info(test_name: str, contracts: tuple[Contract, ...]) -> dict:
+    """一个测试在契约表里的位置：{"contract", "title", "rank", "deps"}（deps 是传递闭包）。
+
+    没列进任何契约的测试：contract 为 ""，依赖全部契约。
+    """
+    import fnmatch
+
+    base = test_name.split("[", 1)[0]
+    closure: dict[str, list[str]] = {}
+    for c in contracts:
+        deps: list[str] = []
+        for a in c.after:
+            for d in [*closure[a], a]:
+                if d not in deps:
+                    deps.append(d)
+        closure[c.name] = deps
+    for rank, c in enumerate(contracts):
+        if any(fnmatch.fnmatchcase(base, pat) for pat in c.tests):
+            return {"contract": c.name, "title": c.title, "rank": rank, "deps": closure[c.name]}
+    return {"contract": "", "title": "", "rank": len(contracts), "deps": [c.name for c in contracts]}
+
+
+# ---------------------------------------------------------------------------------------------
+# 数值比较与失败信息
+# ---------------------------------------------------------------------------------------------
+
+def _digits(a: float, e: float, lo: int = 6) -> int:
+    """至少 lo 位有效数字；a 与 e 在 lo 位上看起来一样时，加到能看出差别为止（最多 17 位）。"""
+    if a == e or not (math.isfinite(a) and math.isfinite(e)):
+        return lo
+    d = lo
+    while d < 17 and f"{a:.{d}g}" == f"{e:.{d}g}":
+        d += 1
+    return max(lo, d)
+
+
+def _fmt(t: torch.Tensor, n: int = 4, digits: int = 6) -> str:
     flat = t.detach().flatten()[:n].double().tolist()
-    return "[" + ", ".join(f"{v:.6g}" for v in flat) + (", …]" if t.numel() > n else "]")
+    return "[" + ", ".join(f"{v:.{digits}g}" for v in flat) + (", …]" if t.numel() > n else "]")
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
@@ -24,24 +151,56 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
     return bool(torch.allclose(a.detach().double(), b.detach().double(), atol=atol, rtol=rtol, equal_nan=True))
 
 
+FLOAT32_HINT = ("你的计算在某处降到了 float32（例如 x.float() 或 weight.float()）——"
+                "本课要求 float64 输入保持 float64")
+
+
+def float32_precision_note(actual: torch.Tensor, expected: torch.Tensor) -> str:
+    """float64 对 float64、却差了 float32 量级（相对误差约 1e-7）时，返回一句解释；否则返回 ""。"""
+    if actual.dtype != torch.float64 or expected.dtype != torch.float64 or actual.shape != expected.shape:
+        return ""
+    a, e = actual.detach(), expected.detach()
+    if not (torch.isfinite(a).all() and torch.isfinite(e).all()):
+        return ""
+    scale = float(e.abs().max()) if e.numel() else 0.0
+    if scale == 0.0:
+        return ""
+    rel = float((a - e).abs().max()) / scale
+    a_is_f32 = bool(torch.equal(a, a.float().double()))
+    e_is_f32 = bool(torch.equal(e, e.float().double()))
+    # float32 的机器精度 ≈ 1.2e-7；几步运算累积起来在 1e-8 … 1e-5 之间
+    if not (1e-9 <= rel <= 2e-5 or (a_is_f32 and not e_is_f32 and rel <= 1e-4)):
+        return ""
+    measured = f"相对误差 {rel:.2g}".replace("e-0", "e-")
+    if a_is_f32 and not e_is_f32:
+        measured += "，而且你的输出里每个数都恰好能用 float32 表示"
+    return f"  误差约 1e-7 = float32 的精度（{measured}）：{FLOAT32_HINT}。"
+
+
 def matching_bugs(module_key: str, run: Callable, actual: torch.Tensor, expected: torch.Tensor,
                   atol: float, rtol: float) -> list[str]:
-    """bug bank 里哪些错误实现在同一输入上给出与 actual 一致、且与 expected 不一致的结果。"""
+    """bug bank 里哪些错误实现在同一输入上给出与 actual 一致、且与 expected 不一致的结果。
+
+    诊断时错误实现自己发出的警告（例如 dtype 不匹配的 UserWarning）一律不外传：
+    它们说的是 kata/bugbank/ 里的代码，不是学习者的。
+    """
     from kata.bugbank import bugs_for
 
     found = []
-    for bug in bugs_for(module_key):
-        try:
-            out = run(resolve(module_key, f"bug:{bug.name}"))
-        except Exception:  # 某个错误实现在这个输入上直接报错：就不可能“一致”
-            continue
-        if isinstance(out, tuple):
-            out = out[0]
-        if not isinstance(out, torch.Tensor) or out.dtype != actual.dtype or not _close(out, actual, atol, rtol):
-            continue
-        if out.dtype == expected.dtype and _close(out, expected, atol, rtol):
-            continue  # 这个错误在此输入上看不出来，不能拿它当诊断
-        found.append(bug.description)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for bug in bugs_for(module_key):
+            try:
+                out = run(resolve(module_key, f"bug:{bug.name}"))
+            except Exception:  # 某个错误实现在这个输入上直接报错：就不可能“一致”
+                continue
+            if isinstance(out, tuple):
+                out = out[0]
+            if not isinstance(out, torch.Tensor) or out.dtype != actual.dtype or not _close(out, actual, atol, rtol):
+                continue
+            if out.dtype == expected.dtype and _close(out, expected, atol, rtol):
+                continue  # 这个错误在此输入上看不出来，不能拿它当诊断
+            found.append(bug.description)
     return found
 
 
@@ -63,6 +222,9 @@ def assert_close(
     section: 去哪里读（“teaching.md §2”）；
     module + run: 提供时，失败信息会用 run(命名空间) 在 bug bank 的每个错误实现上重算一遍，
              找出与学习者输出一致的常见错误。
+
+    打印的数字用足够多的有效数字（至少 6 位，看不出差别时一直加到能看出来）；float64 对 float64
+    却差了 float32 量级时，直接说“你在某处降到了 float32”。
     """
     if not isinstance(actual, torch.Tensor):
         pytest.fail(f"{what}：期望得到 torch.Tensor，实际得到 {type(actual).__name__}。→ 见 {section}", pytrace=False)
@@ -71,6 +233,8 @@ def assert_close(
         lines.append(f"{what}：期望形状 {tuple(expected.shape)}，实际 {tuple(actual.shape)}")
     elif check_dtype and actual.dtype != expected.dtype:
         lines.append(f"{what}：期望 dtype {expected.dtype}，实际 {actual.dtype}")
+        if expected.dtype == torch.float64 and actual.dtype == torch.float32:
+            lines.append(f"  {FLOAT32_HINT}。")
     elif not _close(actual, expected, atol, rtol):
         a, e = actual.detach().double(), expected.detach().double()
         if torch.isnan(a).any() and not torch.isnan(e).any():
@@ -81,12 +245,19 @@ def assert_close(
             err = (a - e).abs().nan_to_num(nan=float("inf"))
             idx = int(err.flatten().argmax())
             pos = tuple(int(i) for i in torch.unravel_index(torch.tensor(idx), a.shape)) if a.dim() else ()
+            ev, av = float(e.flatten()[idx]), float(a.flatten()[idx])
+            d = _digits(av, ev)
+            n = min(4, a.numel())
+            d_rows = max([d] + [_digits(float(x), float(y)) for x, y in zip(a.flatten()[:n], e.flatten()[:n])])
             lines.append(
                 f"{what}：数值不一致（容差 atol={atol:g}, rtol={rtol:g}）\n"
-                f"  最大绝对误差 {float(err.flatten()[idx]):.3g}，位置 {pos}：期望 {float(e.flatten()[idx]):.6g}，"
-                f"实际 {float(a.flatten()[idx]):.6g}\n"
-                f"  期望前几个值 {_fmt(e)}\n  实际前几个值 {_fmt(a)}"
+                f"  最大绝对误差 {float(err.flatten()[idx]):.3g}，位置 {pos}：期望 {ev:.{d}g}，"
+                f"实际 {av:.{d}g}\n"
+                f"  期望前几个值 {_fmt(e, digits=d_rows)}\n  实际前几个值 {_fmt(a, digits=d_rows)}"
             )
+            note = float32_precision_note(actual, expected)
+            if note:
+                lines.append(note)
     if not lines:
         return
     if module is not None and run is not None:
@@ -103,12 +274,26 @@ def require(cond: bool, message: str, section: str) -> None:
         pytest.fail(f"{message}\n  → 见 {section}", pytrace=False)
 
 
+def _output_dtypes(fn: Callable, inputs: tuple) -> list[torch.dtype]:
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = fn(*inputs)
+    except NotImplementedError:
+        raise
+    except Exception:
+        return []
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [o.dtype for o in outs if isinstance(o, torch.Tensor)]
+
+
 def require_gradcheck(fn: Callable, inputs: tuple, section: str, *, who: str = "", atol: float = 1e-5,
                       fast_mode: bool = False) -> None:
     """float64 gradcheck（解析梯度 vs 中心差分）；不一致时给出中文说明，而不是 gradcheck 的长报错。
 
     NotImplementedError 原样抛出（桩的“还没实现”由 conftest 统一显示）；其余 RuntimeError
     （GradcheckError、对需要梯度的叶子张量原地修改……）都算失败，并附上报错的第一行。
+    失败时列出常见原因：梯度被切断（.detach()、.data、原地修改），或计算降到了 float32。
     """
     try:
         ok = torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=atol, fast_mode=fast_mode)
@@ -119,9 +304,16 @@ def require_gradcheck(fn: Callable, inputs: tuple, section: str, *, who: str = "
         text = str(exc).strip()
         first = text.splitlines()[0].rstrip(" ,.:;") if text else type(exc).__name__
         ok, detail = False, f"（PyTorch：{first}）"
+    if ok:
+        return
     prefix = f"{who}：" if who else ""
-    require(ok, f"{prefix}float64 gradcheck 失败——解析梯度与数值梯度不一致。{detail}"
-                "（forward 里有 .detach()、.data 或原地修改（x += …）吗？）", section)
+    low = [d for d in _output_dtypes(fn, inputs) if d != torch.float64]
+    if low:
+        detail += f"你的输出是 {low[0]}，不是 float64：{FLOAT32_HINT}（数值差分的步长 1e-6 在 float32 下全被舍入吃掉）。"
+    require(False, f"{prefix}float64 gradcheck 失败——解析梯度与数值梯度不一致。{detail}\n"
+                   "  常见原因：① forward 里有 .detach() 或 .data（梯度被切断）；② 原地修改（x += …）；"
+                   "③ 计算在某处降到了 float32（x.float()、weight.float()、dtype=torch.float32 的中间张量）——"
+                   "gradcheck 用 float64 做数值差分，float32 的舍入误差会让两种梯度对不上", section)
 
 
 def impl_label(ns) -> str:

@@ -14,6 +14,8 @@ import importlib
 import importlib.util
 from dataclasses import dataclass, field
 
+from kata.impl import ImplLoadError
+
 
 @dataclass(frozen=True)
 class Bug:
@@ -30,9 +32,14 @@ def bugs_for(module_key: str) -> list[Bug]:
     return list(importlib.import_module(src).BUGS)
 
 
+class UnknownBug(ImplLoadError, ValueError):
+    """bug:<名字> 里的名字不在 bug bank 里。既是 ImplLoadError（实验与 pytest 把它显示成一句话，没有 traceback），
+    也是 ValueError（兼容以前的调用者）。"""
+
+
 def get_bug(module_key: str, name: str) -> Bug:
     for bug in bugs_for(module_key):
         if bug.name == name:
             return bug
     names = "、".join(b.name for b in bugs_for(module_key)) or "（这个模块还没有 bug bank）"
-    raise ValueError(f"模块 {module_key} 的 bug bank 里没有 {name!r}。可用：{names}")
+    raise UnknownBug(f"模块 {module_key} 的 bug bank 里没有 {name!r}。可用的有：{names}")
