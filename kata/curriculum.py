@@ -195,6 +195,26 @@ MODULES: tuple[Module, ...] = (
         question="为什么是 byte-level BPE？词表大小换来了什么？",
         tier=3,
         files={"bpe.py": ("train_bpe", "BPETokenizer")},
+        experiments=(
+            "exp1_vocab_size.py",
+            "exp2_chinese_vs_english.py",
+            "exp3_training_speed.py",
+        ),
+        hints=(
+            "先写 train_bpe 的最直白版本：vocab = {特殊 token…} + {k+b: bytes([b])}；用特殊 token 把文本切开，"
+            "每段 split_words 切词，Counter 数词频，每个词变成单字节 bytes 的元组；然后循环：数所有相邻 pair（乘词频），"
+            "best = max(pairs, key=lambda p: (pairs[p], p))——这一行同时写好了“次数最多、平局选字典序更大”。读 teaching.md §2.3。",
+            "合并：在每个词里从左往右扫，遇到 (左, 右) 就换成 左+右、跳过两格；merges.append(best)；左+右 不在词表里才新增 id。"
+            "循环条件是 len(vocab) < vocab_size（不是合并了多少次）。",
+            "BPETokenizer.__init__：建 bytes → id（跳过特殊 token 的 id）和 rank = {(左 id, 右 id): (第几条, 合并后的 id)}。"
+            "encode：特殊 token 先用 re.split('(' + '|'.join(map(re.escape, 按长度从长到短)) + ')') 整体切出来；"
+            "每个词从单字节开始，反复找 rank 最小的相邻 pair 合并，直到没有可合并的。读 teaching.md §2.4、§2.6。",
+            "decode：b''.join(vocab[i] for i in ids).decode('utf-8', errors='replace')——先拼字节、最后解码（teaching.md §2.5）。"
+            "save/load：bytes 用 .hex() 存进 JSON，先写临时文件再 os.replace；from_hf_json：inv = {ch: b for b, ch in bytes_to_unicode().items()}，"
+            "每个 token 字符串映射回 bytes，id 用文件里的，added_tokens 就是 special_tokens（teaching.md §2.7）。",
+            "测试全绿了但 TinyShakespeare 上训练很慢？读 teaching.md §3：只更新含有被合并 pair 的那些词，"
+            "pair 的次数用一个字典增量维护，最大值用堆（heapq）取。仍失败时读失败信息里『你的输出与……一致』那一句。",
+        ),
         minutes=90,
     ),
     Module(
@@ -205,6 +225,29 @@ MODULES: tuple[Module, ...] = (
         files={"loss.py": ("cross_entropy",), "optim.py": ("AdamW",),
                "schedule.py": ("cosine_lr", "minimind_lr"), "clip.py": ("clip_grad_norm",),
                "step.py": ("train_step", "save_checkpoint", "load_checkpoint")},
+        experiments=(
+            "exp1_lr_and_warmup.py",
+            "exp2_adamw_vs_adam_l2.py",
+            "exp3_clipping.py",
+            "exp4_accumulation_and_resume.py",
+        ),
+        hints=(
+            "按文件顺序做：loss.py → optim.py → schedule.py → clip.py → step.py，每写完一个就跑它自己的测试"
+            "（pytest exercises/08_training_loop/test_loss.py）。交叉熵 = logsumexp(x) − x[y]，logsumexp 先减每行最大值；"
+            "被 ignore_index 标记的位置不进分子也不进分母，全部被忽略时返回 0。读 teaching.md §2.1–§2.2。",
+            "AdamW.step：状态放在 self.state[p]（step、exp_avg、exp_avg_sq），t 先加一再用；"
+            "p.mul_(1 − lr·wd) 直接缩参数（不要把 wd·p 加进梯度）；m.lerp_(g, 1−β1)；v.mul_(β2).addcmul_(g, g, value=1−β2)；"
+            "denom = (v.sqrt() / math.sqrt(1−β2**t)).add_(eps)；p.addcdiv_(m, denom, value=−lr/(1−β1**t))。"
+            "lr、betas、eps、weight_decay 每一步都从 group 里读。读 teaching.md §3.2–§3.4。",
+            "cosine_lr：step < warmup → max_lr·(step+1)/warmup；step ≥ total → min_lr；其余 min + ½(1+cos πp)(max−min)。"
+            "minimind_lr 照抄 lr·(0.1 + 0.45·(1 + cos(π·step/total)))。clip_grad_norm：先 list(parameters)，"
+            "total = vector_norm(stack([vector_norm(g) for g in grads]))，coef = clamp(max_norm/(total+1e-6), max=1)，"
+            "每个梯度乘 coef，返回 total。读 teaching.md §4 与 §5.1。",
+            "train_step：loss = cross_entropy(logits, labels)；(loss / accum_steps).backward()；只在 micro_step == accum_steps−1 时"
+            "设 lr → 裁剪 → optimizer.step() → zero_grad(set_to_none=True)。save_checkpoint：dict(model=…, optimizer=…, step=…, "
+            "rng={torch, numpy（数组换成张量）, python}, **extra)，tempfile.mkstemp(dir=同目录) + torch.save + os.replace；"
+            "load_checkpoint：torch.load(…, weights_only=True)，再恢复模型、优化器和三个随机数状态。读 teaching.md §6.1、§7.1–§7.2。",
+        ),
         minutes=120,
     ),
     Module(
@@ -212,7 +255,8 @@ MODULES: tuple[Module, ...] = (
         title="预训练 Pretrain",
         question="在 CPU（和多个进程）上从零预训练你自己的 MiniMind",
         tier=3,
-        files={"pretrain.py": ("PretrainDataset", "evaluate", "setup_distributed", "cleanup_distributed")},
+        files={"pretrain.py": ("PretrainDataset", "evaluate", "setup_distributed", "cleanup_distributed",
+                               "rank_batch", "all_reduce_mean", "pretrain")},
         minutes=120,
     ),
     Module(
@@ -221,6 +265,20 @@ MODULES: tuple[Module, ...] = (
         question="从续写到回答：对话模板、loss 掩码，和自己的模型聊天",
         tier=3,
         files={"sft.py": ("apply_chat_template", "SFTDataset")},
+        hints=(
+            "先写 apply_chat_template：每条消息渲染成 f\"<|im_start|>{role}\\n{content}<|im_end|>\\n\"，按顺序拼起来；"
+            "add_generation_prompt=True 时末尾再加 ASSISTANT_HEADER（\"<|im_start|>assistant\\n\"）。没有系统提示就不加，"
+            "内容原样放（不 strip）。用给好的 _checked_messages(messages) 拿 [(role, content), …]。读 teaching.md §2.1–§2.2。",
+            "SFTDataset.__init__：max_length 不是 ≥ 1 的整数就 ValueError；每段对话先 _checked_messages 检查；"
+            "pad_id = _single_id(tokenizer, ENDOFTEXT)；bos_id = tokenizer.encode(ASSISTANT_HEADER)、"
+            "eos_id = tokenizer.encode(TURN_END)——都是 token 列表，不要写死 id。读 teaching.md §3.1。",
+            "generate_labels（minimind 的规则）：i 从 0 扫到末尾；input_ids[i:i+len(bos)] == bos 时 start = end = i+len(bos)，"
+            "end 往后走到 input_ids[end:end+len(eos)] == eos 或末尾；labels[start:min(end+len(eos), n)] = input_ids[同一段]；"
+            "i 跳到那里。其余是 −100。labels 不移位（模型自己移）。读 teaching.md §3.2、§3.4。",
+            "__getitem__：ids = tokenizer.encode(apply_chat_template(对话))[:max_length]；labels = generate_labels(ids)；"
+            "然后 input_ids 补 pad_id、labels 补 −100 到 max_length，都转成 torch.long。先算掩码再补齐，padding 就永远不进 loss。"
+            "仍失败时读失败信息里用 ⟦…⟧ 画出来的掩码和『你的输出与……一致』那一句。读 teaching.md §3.3。",
+        ),
         minutes=90,
     ),
 )
