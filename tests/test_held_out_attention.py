@@ -115,9 +115,22 @@ HELD_OUT_ATTENTION = {
         "        q = self.q_proj(x).view(b, s, self.n_heads, self.head_dim)\n",
         "        q = self.q_proj(x).view(b, self.n_heads, s, self.head_dim).transpose(1, 2)\n",
     ),
+    # 只在没有 padding 时做 dropout（有 attention_mask 的那条路径上忘了）
+    "dropout_skipped_with_padding": (
+        "        return self.resid_dropout(self.o_proj(out)), present\n",
+        "        out = self.o_proj(out)\n"
+        "        return (self.resid_dropout(out) if attention_mask is None else out), present\n",
+    ),
+    # dropout 做在了 v 上（注意力之前），而不是 o_proj 的输出上
+    "dropout_on_v": (
+        "        v = repeat_kv(v, self.n_rep).transpose(1, 2)\n",
+        "        v = self.resid_dropout(repeat_kv(v, self.n_rep).transpose(1, 2))\n",
+        "        return self.resid_dropout(self.o_proj(out)), present\n",
+        "        return self.o_proj(out), present\n",
+    ),
 }
 
-CONCEPT_WORDS = ("注意力", "因果", "softmax", "掩码", "cache", "present", "头", "√", "对比", "形状", "RoPE",
+CONCEPT_WORDS = ("dropout", "注意力", "因果", "softmax", "掩码", "cache", "present", "头", "√", "对比", "形状", "RoPE",
                  "padding", "梯度", "分布", "参数", "输出", "GQA", "权重")
 
 

@@ -49,6 +49,13 @@ HELD_OUT_FFN = {
     "approx_gelu_gate": (RIGHT_WIDTH, "    def forward(self, x):\n"
                          "        g = self.gate_proj(x)\n"
                          "        return self.dropout(self.down_proj(g * torch.sigmoid(1.702 * g) * self.up_proj(x)))\n"),
+    # dropout 做在了输入 x 上（进投影之前），而不是 down_proj 的输出上
+    "dropout_on_input": (RIGHT_WIDTH, "    def forward(self, x):\n"
+                         "        x = self.dropout(x)\n"
+                         "        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))\n"),
+    # dropout 只做在 gate 分支上
+    "dropout_on_gate_branch": (RIGHT_WIDTH, "    def forward(self, x):\n"
+                               "        return self.down_proj(self.dropout(F.silu(self.gate_proj(x))) * self.up_proj(x))\n"),
 }
 
 CONCEPT_WORDS = ("FeedForward", "SwiGLU", "SiLU", "silu", "gate", "up", "宽度", "hidden", "bias", "gradcheck",

@@ -99,6 +99,10 @@ def _variant(**changes) -> str:
     return src
 
 
+assert "max(math.floor(inv(bf)), 0), min(math.ceil(inv(bs))" in _variant()
+assert '"original_max_position_embeddings", 2048' in _variant()
+
+
 HELD_OUT_ROPE = {
     # Meta LLaMA 的复数写法（交错配对），与 bank 里的交错实现代码完全不同
     "llama_complex_interleaved": LLAMA_COMPLEX,
@@ -114,6 +118,12 @@ HELD_OUT_ROPE = {
     # 原地修改了调用者的 q
     "in_place_q": _variant(APPLY_BODY="q_rot = rotate_half(q) * sin\n    q.mul_(cos).add_(q_rot)\n"
                                       "    return q, (k * cos + rotate_half(k) * sin).to(k.dtype)"),
+    # YaRN 的上下界取整方向反了：low 用 ceil、high 用 floor（斜坡两端各缩进一对）
+    "yarn_bounds_rounded_inward": _variant().replace("max(math.floor(inv(bf)), 0), min(math.ceil(inv(bs))",
+                                                     "max(math.ceil(inv(bf)), 0), min(math.floor(inv(bs))"),
+    # YaRN 读错了键名：max_position_embeddings 不在 rope_scaling 里，于是总用默认的 2048
+    "yarn_wrong_key_for_original_length": _variant().replace('"original_max_position_embeddings", 2048',
+                                                             '"max_position_embeddings", 2048'),
     # 正弦编码的指数少了 2：pos / base^(i/dim)
     "sinusoidal_exponent_without_2": _variant(SIN_EXPONENT="torch.arange(0, dim, 2, dtype=torch.float64) / (2 * dim)"),
 }
