@@ -244,6 +244,20 @@ MODULES: tuple[Module, ...] = (
         question="从续写到回答：对话模板、loss 掩码，和自己的模型聊天",
         tier=3,
         files={"sft.py": ("apply_chat_template", "SFTDataset")},
+        hints=(
+            "先写 apply_chat_template：每条消息渲染成 f\"<|im_start|>{role}\\n{content}<|im_end|>\\n\"，按顺序拼起来；"
+            "add_generation_prompt=True 时末尾再加 ASSISTANT_HEADER（\"<|im_start|>assistant\\n\"）。没有系统提示就不加，"
+            "内容原样放（不 strip）。用给好的 _checked_messages(messages) 拿 [(role, content), …]。读 teaching.md §2.1–§2.2。",
+            "SFTDataset.__init__：max_length 不是 ≥ 1 的整数就 ValueError；每段对话先 _checked_messages 检查；"
+            "pad_id = _single_id(tokenizer, ENDOFTEXT)；bos_id = tokenizer.encode(ASSISTANT_HEADER)、"
+            "eos_id = tokenizer.encode(TURN_END)——都是 token 列表，不要写死 id。读 teaching.md §3.1。",
+            "generate_labels（minimind 的规则）：i 从 0 扫到末尾；input_ids[i:i+len(bos)] == bos 时 start = end = i+len(bos)，"
+            "end 往后走到 input_ids[end:end+len(eos)] == eos 或末尾；labels[start:min(end+len(eos), n)] = input_ids[同一段]；"
+            "i 跳到那里。其余是 −100。labels 不移位（模型自己移）。读 teaching.md §3.2、§3.4。",
+            "__getitem__：ids = tokenizer.encode(apply_chat_template(对话))[:max_length]；labels = generate_labels(ids)；"
+            "然后 input_ids 补 pad_id、labels 补 −100 到 max_length，都转成 torch.long。先算掩码再补齐，padding 就永远不进 loss。"
+            "仍失败时读失败信息里用 ⟦…⟧ 画出来的掩码和『你的输出与……一致』那一句。读 teaching.md §3.3。",
+        ),
         minutes=90,
     ),
 )
