@@ -195,6 +195,26 @@ MODULES: tuple[Module, ...] = (
         question="为什么是 byte-level BPE？词表大小换来了什么？",
         tier=3,
         files={"bpe.py": ("train_bpe", "BPETokenizer")},
+        experiments=(
+            "exp1_vocab_size.py",
+            "exp2_chinese_vs_english.py",
+            "exp3_training_speed.py",
+        ),
+        hints=(
+            "先写 train_bpe 的最直白版本：vocab = {特殊 token…} + {k+b: bytes([b])}；用特殊 token 把文本切开，"
+            "每段 split_words 切词，Counter 数词频，每个词变成单字节 bytes 的元组；然后循环：数所有相邻 pair（乘词频），"
+            "best = max(pairs, key=lambda p: (pairs[p], p))——这一行同时写好了“次数最多、平局选字典序更大”。读 teaching.md §2.3。",
+            "合并：在每个词里从左往右扫，遇到 (左, 右) 就换成 左+右、跳过两格；merges.append(best)；左+右 不在词表里才新增 id。"
+            "循环条件是 len(vocab) < vocab_size（不是合并了多少次）。",
+            "BPETokenizer.__init__：建 bytes → id（跳过特殊 token 的 id）和 rank = {(左 id, 右 id): (第几条, 合并后的 id)}。"
+            "encode：特殊 token 先用 re.split('(' + '|'.join(map(re.escape, 按长度从长到短)) + ')') 整体切出来；"
+            "每个词从单字节开始，反复找 rank 最小的相邻 pair 合并，直到没有可合并的。读 teaching.md §2.4、§2.6。",
+            "decode：b''.join(vocab[i] for i in ids).decode('utf-8', errors='replace')——先拼字节、最后解码（teaching.md §2.5）。"
+            "save/load：bytes 用 .hex() 存进 JSON，先写临时文件再 os.replace；from_hf_json：inv = {ch: b for b, ch in bytes_to_unicode().items()}，"
+            "每个 token 字符串映射回 bytes，id 用文件里的，added_tokens 就是 special_tokens（teaching.md §2.7）。",
+            "测试全绿了但 TinyShakespeare 上训练很慢？读 teaching.md §3：只更新含有被合并 pair 的那些词，"
+            "pair 的次数用一个字典增量维护，最大值用堆（heapq）取。仍失败时读失败信息里『你的输出与……一致』那一句。",
+        ),
         minutes=90,
     ),
     Module(
@@ -235,7 +255,8 @@ MODULES: tuple[Module, ...] = (
         title="预训练 Pretrain",
         question="在 CPU（和多个进程）上从零预训练你自己的 MiniMind",
         tier=3,
-        files={"pretrain.py": ("PretrainDataset", "evaluate", "setup_distributed", "cleanup_distributed")},
+        files={"pretrain.py": ("PretrainDataset", "evaluate", "setup_distributed", "cleanup_distributed",
+                               "rank_batch", "all_reduce_mean", "pretrain")},
         minutes=120,
     ),
     Module(
