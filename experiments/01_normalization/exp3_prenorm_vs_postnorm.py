@@ -173,11 +173,11 @@ class PreVsPostNorm(Experiment):
         corpus = self.load_corpus()
         unigram = unigram_baseline(corpus)
         seeds = self.seeds(full=3, quick=1, smoke=1)
-        depths = self.args.depths or self.by_mode(smoke=[2, 3], quick=[6, 12], full=[6, 12])
+        depths = self.args.depths or self.by_mode(smoke=[2, 3], quick=[4, 12], full=[6, 12])
         depths = sorted(set(depths))
         if len(depths) < 2:
             raise UsageError("--depths 至少要给两个不同的层数，例如 --depths 6 12")
-        steps = self.args.steps or self.by_mode(smoke=3, quick=80, full=120)
+        steps = self.args.steps or self.by_mode(smoke=3, quick=64, full=120)
         dim = self.by_mode(smoke=32, quick=64, full=64)
         batch, seq_len = self.by_mode(smoke=(4, 32), quick=(32, 64), full=(32, 64))
         eval_every = max(1, steps // self.by_mode(smoke=1, quick=10, full=10))
