@@ -255,7 +255,8 @@ MODULES: tuple[Module, ...] = (
         title="预训练 Pretrain",
         question="在 CPU（和多个进程）上从零预训练你自己的 MiniMind",
         tier=3,
-        files={"pretrain.py": ("PretrainDataset", "evaluate", "setup_distributed", "cleanup_distributed")},
+        files={"pretrain.py": ("PretrainDataset", "evaluate", "setup_distributed", "cleanup_distributed",
+                               "rank_batch", "all_reduce_mean", "pretrain")},
         minutes=120,
     ),
     Module(
