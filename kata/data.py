@@ -272,7 +272,7 @@ def _shakespeare_unavailable(reason: str, url: str) -> DataUnavailableError:
         f"       export KATA_DATA_DIR=$HOME/kata-data\n"
         f"  4. 联网时运行 python -m kata.data --download-all，一次准备好所有数据\n"
         f"  文件应为 {SHAKESPEARE_BYTES:,} 字节，sha256 {SHAKESPEARE_SHA256}\n"
-        f"Could not get TinyShakespeare ({SHAKESPEARE_FILE}): not found locally and the download failed.\n"
+        f"Could not get TinyShakespeare ({SHAKESPEARE_FILE}): not found locally, and it could not be downloaded.\n"
         f"Set KATA_DATA_DIR to a folder that holds {SHAKESPEARE_FILE}, or pass --data-file PATH to the "
         f"experiment, or download {url} manually into {cache}, "
         f"or run `python -m kata.data --download-all` while online."
