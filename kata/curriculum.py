@@ -257,6 +257,22 @@ MODULES: tuple[Module, ...] = (
         tier=3,
         files={"pretrain.py": ("PretrainDataset", "evaluate", "setup_distributed", "cleanup_distributed",
                                "rank_batch", "all_reduce_mean", "pretrain")},
+        hints=(
+            "先写 PretrainDataset：第 i 个样本取 ids[i*T : i*T + T + 1]，x = 前 T 个，y = 后 T 个（右移一位）；"
+            "len = ceil((N − 1) / T)；最后一个样本不满时 x 补 pad_id、y 补 −100。读 teaching.md §2.1–§2.2。",
+            "rank_batch：G = batch_size * world_size；位置 p 从 step*G + rank*batch_size 开始连续 batch_size 个；"
+            "epoch, within = divmod(p, len(dataset))，perm = torch.randperm(len(dataset), generator=torch.Generator()"
+            ".manual_seed(seed * 1_000_003 + epoch))，样本 = dataset[int(perm[within])]，最后 torch.stack。读 teaching.md §4.2。",
+            "evaluate：rank, world = _world()；只评估下标 range(rank, n, world)；累加 F.cross_entropy(..., reduction='sum', "
+            "ignore_index=-100)、非 −100 的个数、token_bytes[y[keep]].sum()（None 时等于个数）；"
+            "_all_reduce_sum 之后 loss = nll / tokens，bpb = nll / math.log(2) / bytes；前后 model.eval() / model.train(was)。读 teaching.md §3.1–§3.2。",
+            "setup_distributed：'RANK' not in os.environ → (0, 1, 'cuda' if torch.cuda.is_available() else 'cpu')；否则读 RANK、"
+            "WORLD_SIZE、LOCAL_RANK，CUDA 时 nccl + torch.cuda.set_device(local_rank) + f'cuda:{local_rank}'，否则 gloo + 'cpu'，"
+            "dist.init_process_group(backend=…, rank=…, world_size=…)。cleanup：dist.is_initialized() 时 destroy_process_group()。读 teaching.md §4.1。",
+            "pretrain：world > 1 时 net = DistributedDataParallel(model)；每步 rank_batch → F.cross_entropy(logits.reshape(-1, V).float(), "
+            "y.reshape(-1), ignore_index=-100) → zero_grad → backward（不要除以 world_size）→ step → losses.append(all_reduce_mean(loss.detach()))；"
+            "最后只在 rank == 0 时 _atomic_save(model.state_dict(), Path(ckpt_path))。读 teaching.md §4.3–§4.4、§5。",
+        ),
         minutes=120,
     ),
     Module(
