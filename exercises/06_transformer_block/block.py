@@ -33,8 +33,18 @@ class MiniMindBlock(nn.Module):
     - `mlp`                     = FeedForward(hidden_size, intermediate_size, dropout=dropout) ← 你的模块 04
       （intermediate_size 为 None 时 FeedForward 自己按 int(8h/3) 向上取整到 64 的倍数）
 
+    config 的每个字段都要送到它的使用者（测试会逐个字段检查）：
+    - rms_norm_eps 给两个 norm，**也给 Attention**（qk_norm=True 时它的 q_norm / k_norm 用这个 eps）；
+    - num_key_value_heads、qk_norm 给 Attention；intermediate_size 给 FeedForward；
+    - dropout 给 Attention 和 FeedForward：它们各自在**自己的输出**上 dropout（注意力的 resid_dropout、
+      FFN 的 down_proj 之后）。块的 forward 里不要再加 dropout；
+    - flash_attn 只选注意力的计算路径、不改变结果：config.flash_attn=False 时，如果你的 Attention 有 `flash`
+      开关，就把它关掉（self.self_attn.flash = False），与 minimind 一致。
+
     提示：
     - 残差加回的是**没有归一化**的 x；归一化只发生在“进子层之前”；
+    - 用 __init__ 里建好的 self.input_layernorm / self.post_attention_layernorm，不要在 forward 里新建 RMSNorm
+      （新建的 weight 全是 1，学到的 weight 就白学了）；
     - FFN 读的是加过注意力之后的 h，不是块的输入 x；
     - self_attn 返回 (out, present)，把 present 原样作为第二个返回值交出去（KV cache 靠它）；
     - 不要原地修改输入张量（`hidden_states += …`），测试会拿原来的 x 做比较；

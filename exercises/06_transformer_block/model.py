@@ -33,7 +33,8 @@ class MiniMindModel(nn.Module):
 
     子模块 / buffer（名字是契约的一部分）：
     - `embed_tokens` = nn.Embedding(vocab_size, hidden_size)
-    - `dropout`      = nn.Dropout(config.dropout)（可选，默认 0）
+    - `dropout`      = nn.Dropout(config.dropout)：用在词嵌入之后（与 minimind 相同）。nn.Dropout 在 train() 时按 p 丢弃
+      并把留下的放大 1/(1-p)，在 eval() 时什么也不做；不要用不带 training=self.training 的 F.dropout
     - `layers`       = nn.ModuleList([MiniMindBlock(i, config) for i in range(num_hidden_layers)])
     - `norm`         = RMSNorm(hidden_size, eps=rms_norm_eps)
     - buffer `freqs_cos` / `freqs_sin` = precompute_freqs_cis(config.head_dim, end=max_position_embeddings,
@@ -41,6 +42,8 @@ class MiniMindModel(nn.Module):
 
     提示：
     - 把 config 存成 self.config；
+    - config 的每个字段都要送到它的使用者：rope_theta、rope_scaling、max_position_embeddings 都交给
+      precompute_freqs_cis（漏掉一个，模型照样能跑，只是跑的不是这个配置——测试会逐个字段检查）；
     - persistent=False 让 RoPE 表不进 state_dict（它能由 config 重新算出来）；
     - 所有层共用同一张 RoPE 表：在 __init__ 里算一次，不要每层各算一张。
     """
@@ -61,7 +64,8 @@ class MiniMindModel(nn.Module):
 
         步骤：
         1. start_pos = cache 里已有的位置数（没有 cache 时为 0）——从 past_key_values[0][0] 的形状读出来；
-        2. hidden = embed_tokens(input_ids)（再过 self.dropout）；
+        2. hidden = self.dropout(self.embed_tokens(input_ids))——整个模型里只有这一处 dropout 写在 forward 里，
+           层与层之间、最后的 norm 与 lm_head 之间都没有；
         3. position_embeddings = (freqs_cos[start_pos : start_pos+S], freqs_sin[start_pos : start_pos+S])；
         4. 逐层：hidden, present = layer(hidden, position_embeddings, past_key_value=第 i 层的 cache,
            use_cache=use_cache, attention_mask=attention_mask)，收集 present；
@@ -110,18 +114,27 @@ class MiniMindForCausalLM(nn.Module):
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 32, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, eos_token_id: Optional[int] = None,
                  use_cache: bool = True) -> torch.Tensor:
-        """自回归生成，返回 [B, S + n]（开头是原样的 input_ids，n ≤ max_new_tokens）。
+        """自回归生成，返回 [B, S + n]（开头是原样的 input_ids，0 ≤ n ≤ max_new_tokens）。
 
         每一步：
-        1. use_cache=True 时，第一步喂整段 input_ids 并拿到 past_key_values，之后每步只喂最新的 1 个 token
-           （连同上一步的 past_key_values）；use_cache=False 时每步都喂到目前为止的整段序列；
-        2. 取最后一个位置的 logits [B, vocab]；
-        3. temperature ≤ 0：贪心，取 argmax；否则 logits / temperature，
-           top_k > 0 时只保留最大的 top_k 个（其余设为 -inf），
-           top_p < 1 时只保留“按概率从大到小累加、刚好达到 top_p”的最小集合（最大的那个永远保留），
-           然后 torch.multinomial(softmax(logits), 1) 抽一个；
-        4. 给了 eos_token_id：已经生成过 eos 的序列之后一律补 eos；所有序列都结束就提前停止。
-        生成前切到 eval 模式，结束后恢复原来的 train/eval 状态。
+        1. 用 self(…)（也就是 forward）拿 logits：use_cache=True 时，第一步喂整段 input_ids（不带 cache），
+           之后每步只喂最新的 1 个 token，连同上一步返回的 past_key_values；use_cache=False 时每步都喂
+           到目前为止的整段序列，不带 cache；
+        2. 取最后一个位置的 logits [B, vocab]（转成 float32）；
+        3. 每一行各自选下一个 token：
+           - temperature ≤ 0：贪心，取 argmax（不抽样，也不要除以 temperature）；
+           - 否则严格按这个顺序：
+             a. logits / temperature——抽样分布就是 softmax(logits / T)：T < 1 更尖，T → 0 几乎总是 argmax，T > 1 更平；
+             b. top_k > 0：只保留最大的 top_k 个，其余设为 -inf；top_k = 0 或 ≥ vocab 时不截断（也不报错）；
+             c. top_p < 1：把 b 之后的 softmax 概率从大到小排序、依次累加，保留“累计概率第一次 ≥ top_p”为止的
+                **最小**集合——包括让累计概率越过 top_p 的那一个（边界 token），最大的那个永远保留；其余设为 -inf。
+                例：概率 [0.5, 0.3, 0.15, 0.05]、top_p=0.7 → 保留前两个（0.5 < 0.7 ≤ 0.8）；
+             d. torch.multinomial(softmax(logits), 1) 抽一个（按剩下的 token 重新归一化的概率）；
+        4. 给了 eos_token_id（0 也是合法的 id：用 `eos_token_id is not None` 判断，不要写 `if eos_token_id:`）：
+           某一行生成过 eos 之后，它后面一律补 eos_token_id、不再抽样；所有行都生成过 eos 就立刻停止
+           （所以 n 可能小于 max_new_tokens）。没给 eos_token_id 时总是生成满 max_new_tokens 个。
+        生成前切到 eval 模式（关掉 dropout，贪心生成因此是确定的），结束后恢复调用前的模式：
+        调用前是 train 就回到 train，调用前是 eval 就还是 eval（先记下 was_training = self.training）。
         """
         raise NotImplementedError(
             "还没实现：exercises/06_transformer_block/model.py · MiniMindForCausalLM.generate — 先读 teaching.md §5"
