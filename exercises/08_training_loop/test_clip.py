@@ -69,7 +69,7 @@ def test_matches_torch_clip_grad_norm(impl, shapes, seed, log_scale, max_norm):
 def test_matches_reference_solution(impl, shapes, seed, log_scale, max_norm):
     run = _runner(shapes, seed, log_scale, max_norm)
     assert_close(run(impl), run(resolve(MODULE, "solutions")), **TOL,
-                 what=f"与参考实现对比（{len(shapes)} 个参数，max_norm={max_norm:g}）",
+                 what=f"clip_grad_norm 与参考实现对比（{len(shapes)} 个参数，max_norm={max_norm:g}）",
                  section=CLIP, module=MODULE, run=run)
 
 

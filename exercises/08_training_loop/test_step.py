@@ -36,7 +36,7 @@ SAVE = "teaching.md §7.1（保存什么）"
 ATOMIC = "teaching.md §7.2（原子写入与 weights_only）"
 
 V, D = 13, 8
-# 累积 k×b vs 一次 k·b：梯度的求和顺序不同，float32 实测差 ≤ 3e-8；同一条代码路径的续训必须逐位相同（容差 0）
+# 累积 k×b vs 一次 k·b：梯度的求和顺序不同，float32 实测差 ≤ 6e-8；同一条代码路径的续训必须逐位相同（容差 0）
 ACCUM_TOL = dict(atol=1e-6, rtol=1e-5)
 STEP_TOL = dict(atol=1e-6, rtol=1e-5)
 

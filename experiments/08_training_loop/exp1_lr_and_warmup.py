@@ -13,11 +13,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import math  # noqa: E402
 
 from _train_tools import pieces, tiny_model, train  # noqa: E402
-from kata.experiment import Experiment, fmt_mean_std, summarize  # noqa: E402
+from kata.experiment import STUCK_MARGIN, Experiment, fmt_mean_std, summarize, unigram_baseline  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
 
-# 一次“有效”训练：最终验证 loss 比最小学习率那一次差不超过这么多（nats），且没有发散
-STABLE_MARGIN = 0.25
+
+def status(run: dict, unigram: float) -> str:
+    """'diverged'（loss / 梯度不再有限）| 'stuck'（最终验证 loss 停在只按字符频率猜的水平）| 'ok'。"""
+    if run["diverged_at"] is not None:
+        return "diverged"
+    if not math.isfinite(run["val_loss"]) or run["val_loss"] > unigram - STUCK_MARGIN:
+        return "stuck"
+    return "ok"
 
 
 class LrAndWarmup(Experiment):
@@ -38,6 +44,7 @@ class LrAndWarmup(Experiment):
     def run(self):
         ns = pieces(self, ("cross_entropy", "AdamW", "cosine_lr", "train_step"))
         corpus = self.load_corpus()
+        unigram = unigram_baseline(corpus)
         steps = self.args.steps or self.by_mode(smoke=4, quick=120, full=300)
         warmup = max(1, round(steps * self.args.warmup_frac))
         lrs = self.by_mode(smoke=[1e-3, 3e-2], quick=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
@@ -64,23 +71,20 @@ class LrAndWarmup(Experiment):
                 results[(wu, lr)] = runs
 
         rows, best = [], {}
-        baseline = summarize([r["val_loss"] for r in results[(0, lrs[0])]])["mean"]
         for lr in lrs:
             row = [f"{lr:g}"]
             for wu in (0, warmup):
                 runs = results[(wu, lr)]
                 div = [r["diverged_at"] for r in runs if r["diverged_at"] is not None]
-                row.append(fmt_mean_std([r["val_loss"] for r in runs]) if not div else f"发散 @ 第 {min(div)} 步")
+                stuck = sum(status(r, unigram) == "stuck" for r in runs)
+                cell = fmt_mean_std([r["val_loss"] for r in runs]) if not div else f"发散 @ 第 {min(div)} 步"
+                row.append(cell + ("（卡在字频水平）" if stuck and not div else ""))
             rows.append(row)
         self.print_table(["学习率", "无 warmup：验证 loss", f"warmup {warmup} 步：验证 loss"], rows,
-                         title=f"{steps} 步后的验证 loss（nats/字符；不裁剪梯度）")
+                         title=f"{steps} 步后的验证 loss（nats/字符；不裁剪梯度；只按字符频率猜 = {unigram:.3f}）")
 
         def stable(wu):
-            ok = []
-            for lr in lrs:
-                vals = [r["val_loss"] for r in results[(wu, lr)]]
-                if all(math.isfinite(v) for v in vals) and summarize(vals)["mean"] <= baseline + STABLE_MARGIN:
-                    ok.append(lr)
+            ok = [lr for lr in lrs if all(status(r, unigram) == "ok" for r in results[(wu, lr)])]
             return max(ok) if ok else None
 
         def best_lr(wu):
@@ -91,13 +95,14 @@ class LrAndWarmup(Experiment):
         for wu in (0, warmup):
             best[wu] = {"largest_stable_lr": stable(wu), "best": best_lr(wu)}
         self._plot(results, lrs, warmup, steps)
-        self.conclude(self._conclusion(results, lrs, warmup, best, baseline))
+        self.conclude(self._conclusion(results, lrs, warmup, best, unigram))
         return {"runs": {f"warmup={wu},lr={lr:g}": v for (wu, lr), v in results.items()},
                 "largest_stable_lr": {str(wu): best[wu]["largest_stable_lr"] for wu in best},
                 "best_lr": {str(wu): {"lr": best[wu]["best"][1], "val_loss": best[wu]["best"][0]} for wu in best},
-                "stable_margin": STABLE_MARGIN, "baseline_val_loss": baseline}
+                "status": {f"warmup={wu},lr={lr:g}": [status(r, unigram) for r in v] for (wu, lr), v in results.items()},
+                "unigram_baseline_val_loss": unigram}
 
-    def _conclusion(self, results, lrs, warmup, best, baseline):
+    def _conclusion(self, results, lrs, warmup, best, unigram):
         parts = []
         for wu, name in ((0, "无 warmup"), (warmup, f"有 warmup（{warmup} 步）")):
             div = [(lr, r["diverged_at"]) for lr in lrs for r in results[(wu, lr)] if r["diverged_at"] is not None]
@@ -106,12 +111,19 @@ class LrAndWarmup(Experiment):
             txt = f"{name}：最好的学习率是 {lr:g}（验证 loss {loss:.3f}）" if lr is not None else f"{name}：全部发散"
             txt += f"，最大的稳定学习率是 {s:g}" if s is not None else "，没有一个学习率算得上稳定"
             txt += (f"，发散的有 " + "、".join(f"lr={a:g}（第 {b} 步）" for a, b in div)) if div else "，没有发散"
+            stuck = [lr for lr in lrs if any(status(r, unigram) == "stuck" for r in results[(wu, lr)])]
+            if stuck:
+                txt += "，卡在字频水平的有 lr=" + "、".join(f"{a:g}" for a in stuck)
             parts.append(txt + "。")
         s0, s1 = best[0]["largest_stable_lr"], best[warmup]["largest_stable_lr"]
         l0, l1 = best[0]["best"][0], best[warmup]["best"][0]
         if s0 is not None and s1 is not None and s1 > s0:
             parts.append(f"warmup 把可用的学习率上限从 {s0:g} 提到了 {s1:g}：开头几步 Adam 的二阶矩 v 还只见过很少的梯度，"
                          "估计得很不准，这时用满学习率最容易把模型推坏（Liu et al. 2020 的论证）。")
+        elif s0 is not None and s1 is not None and s1 < s0:
+            parts.append(f"这次有 warmup 的稳定上限（{s1:g}）反而低于无 warmup（{s0:g}），与 Liu et al. 2020 / Xiong et al. 2020 "
+                         "预期的方向相反：单个种子、150–300 步的小模型里，边界附近的学习率成败有很大的偶然性，"
+                         "而 warmup 占掉一部分步数后，余弦衰减前的“满学习率”阶段也不同。")
         elif s0 is not None and s1 is not None and s1 == s0:
             parts.append(f"这次有无 warmup 的最大稳定学习率相同（{s0:g}）：这个 Pre-LN 的小模型本来就比较稳"
                          "（Xiong et al. 2020：Pre-LN 对 warmup 的依赖远小于 Post-LN），warmup 的作用要在更大的学习率、"
@@ -122,7 +134,8 @@ class LrAndWarmup(Experiment):
             better = "有 warmup" if l1 < l0 else "无 warmup"
             parts.append(f"各自最好的验证 loss：无 warmup {l0:.3f}，有 warmup {l1:.3f}（{better}更低，差 {abs(l1 - l0):.3f}；"
                          "单个种子，差距在 0.02 以内时不要当真）。")
-        parts.append(f"“稳定”的定义：没有发散，且验证 loss 不比最小学习率的那次（{baseline:.3f}）差 {STABLE_MARGIN} 以上。")
+        parts.append(f"“稳定”的定义：没有发散，且最终验证 loss 低于只按字符频率猜的 {unigram:.3f} 至少 {STUCK_MARGIN}"
+                     "（高学习率常见的失败不是 nan，而是模型被推坏后停在“只会猜常见字符”的水平）。")
         return "".join(parts)
 
     def _plot(self, results, lrs, warmup, steps):
