@@ -20,6 +20,7 @@ import re
 import sys
 import tempfile
 import unicodedata
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -121,7 +122,9 @@ def train_bpe(text: str, vocab_size: int, special_tokens: Sequence[str] = ()) ->
             在每个词里从左到右把这个 pair 换成新 token
 
     提示：
-    - vocab_size 小于 k + 256 时抛 ValueError（中文说明）；
+    - vocab_size 小于 k + 256 时抛 ValueError（中文说明）；参数类型不对（text 不是 str、vocab_size 不是整数、
+      special_tokens 是一个字符串或有重复）时抛 TypeError / ValueError（中文说明）；
+    - 语料太小、已经没有相邻 pair 可合并时：停下（词表会比要求的小），并用 ``warnings.warn`` 用中文说明；
     - 先写最直白的版本（每一轮重新数一遍）就能通过测试；TinyShakespeare 上训练 6400 的词表会很慢，
       teaching.md §3 讲怎么只更新受影响的词（实验 3 比较两种写法的速度）；
     - 还卡住？运行 `python -m kata hint 07`，每次多给一条提示。
@@ -137,7 +140,8 @@ class BPETokenizer:
 
     提示：
     - __init__ 里先建好查表用的字典：bytes → id，以及 (左 id, 右 id) → (rank, 合并后的 id)；
-      vocab 里缺少某个单字节、或某条合并的两边不在 vocab 里时，抛 ValueError（中文说明）；
+      vocab 里缺少某个单字节、某个特殊 token 不在 vocab 里、或某条合并的两边（或合并结果）不在 vocab 里时，
+      抛 ValueError（中文说明）；
     - encode（teaching.md §2.4）：特殊 token 先整体换成 id；其余部分 split_words 切词，每个词从单字节开始，
       反复合并“当前所有相邻 pair 里 **rank 最小**（最早学到）的那一个”，直到没有可合并的 pair；
     - decode（teaching.md §2.5）：先把全部字节拼起来，**最后**一起 ``.decode("utf-8", errors="replace")``；

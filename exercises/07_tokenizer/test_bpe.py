@@ -314,6 +314,37 @@ def test_bad_inputs_are_clear_errors(impl):
         tok.decode([-1])
 
 
+def _chinese_error(exc_info) -> bool:
+    return bool(re.search(r"[\u4e00-\u9fff]", str(exc_info.value)))
+
+
+@pytest.mark.parametrize("call, exc, why", [
+    (lambda ns: ns.train_bpe(b"bytes", 300), TypeError, "text 不是 str"),
+    (lambda ns: ns.train_bpe("abc", 300.0), TypeError, "vocab_size 不是整数"),
+    (lambda ns: ns.train_bpe("abc", 300, special_tokens="<|x|>"), TypeError, "special_tokens 是一个字符串而不是列表"),
+    (lambda ns: ns.train_bpe("abc", 300, special_tokens=["<|x|>", "<|x|>"]), ValueError, "special_tokens 有重复"),
+    (lambda ns: ns.BPETokenizer({i: bytes([i]) for i in range(256)}, [], special_tokens=["<|x|>"]), ValueError,
+     "特殊 token 不在 vocab 里"),
+    (lambda ns: ns.BPETokenizer({i: bytes([i]) for i in range(255)}, []), ValueError, "vocab 缺少字节 255"),
+    (lambda ns: ns.BPETokenizer({i: bytes([i]) for i in range(256)}, [(b"a", b"b")]), ValueError,
+     "合并的结果 b'ab' 不在 vocab 里"),
+], ids=["text", "vocab_size", "specials-str", "specials-dup", "special-missing", "byte-missing", "merge-missing"])
+def test_bad_arguments_are_clear_errors(impl, call, exc, why):
+    with pytest.raises(exc) as info:
+        call(impl)
+    require(_chinese_error(info), f"{why}时应抛 {exc.__name__} 并用中文说明，实际信息：{info.value}", TRAIN)
+
+
+def test_running_out_of_pairs_stops_with_a_warning(impl):
+    with pytest.warns(UserWarning) as record:
+        vocab, merges = impl.train_bpe("ab ab", 300)
+    require(len(vocab) == 258 and merges == [(b"a", b"b"), (b" ", b"ab")],
+            f"语料 'ab ab' 只能合并两次：应得到 258 个 token、merges [(a, b), (' ', ab)]，实际 {len(vocab)} 个、{merges}"
+            "（没有 pair 可合并时就停下，不要死循环，也不要编造 token）", TRAIN)
+    require(any(re.search(r"[\u4e00-\u9fff]", str(w.message)) for w in record),
+            "停下时应该用 warnings.warn 说明词表比要求的小（中文）", TRAIN)
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. 训练的精确结果
 # ---------------------------------------------------------------------------------------------
@@ -428,9 +459,9 @@ def test_encode_matches_naive_encoder(impl, text):
 
 
 def test_special_tokens_map_to_their_ids(impl):
-    tok = _tokenizer(impl, SMALL, 300, MINIMIND_SPECIALS)
+    tok = _tokenizer(impl, SMALL, 285, MINIMIND_SPECIALS)
     for i, s in enumerate(MINIMIND_SPECIALS):
-        run = lambda ns, s=s: _tokenizer(ns, SMALL, 300, MINIMIND_SPECIALS).encode(s)  # noqa: E731
+        run = lambda ns, s=s: _tokenizer(ns, SMALL, 285, MINIMIND_SPECIALS).encode(s)  # noqa: E731
         require_equal(tok.encode(s), [i], what=f"encode({s!r}) 应该只有一个 id：{i}（特殊 token 整体匹配，不拆成字节）",
                       section=SPECIAL, run=run)
     text = "<|im_start|>user\nhi<|im_end|>\n<|im_start|><|im_start|>x<|endoftext|>"
@@ -535,8 +566,31 @@ def test_save_then_load_is_identical(impl, tmp_path_factory, text):
 
     require_equal(again.encode(text), tok.encode(text), what=f"save → load 之后 encode({text[:40]!r})", section=SAVE, run=run)
     require(again.vocab_size == tok.vocab_size, f"load 之后 vocab_size 应不变：{tok.vocab_size} → {again.vocab_size}", SAVE)
+    require(again.special_tokens == list(MINIMIND_SPECIALS) or tuple(again.special_tokens) == MINIMIND_SPECIALS,
+            f"load 之后 special_tokens 应不变，实际 {getattr(again, 'special_tokens', None)}", SAVE)
     require(again.decode(list(range(tok.vocab_size))) == tok.decode(list(range(tok.vocab_size))),
             "load 之后每个 id 对应的字节都应不变（含半个汉字那种不是合法 UTF-8 的 token：bytes 不能当文本存）", SAVE)
+
+
+def test_save_creates_folders_and_load_rejects_other_files(impl, tmp_path):
+    tok = _tokenizer(impl, SMALL, 270)
+    path = tmp_path / "a" / "b" / "tok.json"
+    tok.save(path)
+    require(path.is_file(), "save 应该自己建好不存在的上级目录", SAVE)
+    bad = tmp_path / "hf.json"
+    bad.write_text('{"model": {"type": "BPE", "vocab": {}, "merges": []}}', encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        impl.BPETokenizer.load(bad)
+    require(_chinese_error(info), f"load 一个不是 save 写出的文件时应抛 ValueError（中文说明），实际：{info.value}", SAVE)
+
+
+def test_decode_accepts_tensors(impl):
+    import torch
+
+    tok = _tokenizer(impl, SMALL, 270)
+    ids = tok.encode("the cat sat")
+    require(tok.decode(torch.tensor(ids)) == "the cat sat",
+            "decode 应该也接受一维的 torch 张量（模型生成的就是张量）：先 .tolist()", DECODE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,6 +679,30 @@ def test_from_hf_json_keeps_hf_ids(impl, hf_json):
         require(tok.decode([i]) == hf.decode([i]),
                 f"id {i}（tokenizer.json 里写作 {piece!r}）应解码成 {hf.decode([i])!r}，实际 {tok.decode([i])!r}"
                 "——vocab 里的字符串是 bytes_to_unicode 映射过的（'Ġ' 是空格），要映射回字节", SAVE)
+
+
+def test_from_hf_json_reads_old_merges_format_and_rejects_other_models(impl, hf_json, tmp_path):
+    path, hf = hf_json
+    data = json.loads(open(path, encoding="utf-8").read())
+    data["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [data["pre_tokenizer"]]}
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    text = "Hello 你好 <|im_start|>user\n🙂  x"
+    got = impl.BPETokenizer.from_hf_json(old).encode(text)
+    require(got == hf.encode(text).ids,
+            "旧版 tokenizers 把 merges 写成 \"左 右\" 字符串（新版是 [左, 右]），pre_tokenizer 也可能包在 Sequence 里："
+            f"两种都要认。encode({text!r}) 期望 {hf.encode(text).ids[:8]}…，实际 {got[:8]}…", SAVE)
+    for bad_change, why in ((lambda d: d["model"].update(type="WordPiece"), "model.type 不是 BPE"),
+                            (lambda d: d["pre_tokenizer"]["pretokenizers"][0].update(add_prefix_space=True),
+                             "ByteLevel 设置了 add_prefix_space=true（minimind 是 false）")):
+        broken = json.loads(json.dumps(data))
+        bad_change(broken)
+        p = tmp_path / "bad.json"
+        p.write_text(json.dumps(broken, ensure_ascii=False), encoding="utf-8")
+        with pytest.raises(ValueError) as info:
+            impl.BPETokenizer.from_hf_json(p)
+        require(_chinese_error(info), f"{why}：应抛 ValueError 并用中文说明，实际：{info.value}", SAVE)
 
 
 def test_compression_is_close_to_hf_at_the_same_vocab_size(impl):
