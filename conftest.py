@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, settings
 import torch
 
 from kata import impl as kata_impl
-from kata.runner import CONTRACT_PROPERTY, NOT_IMPLEMENTED_PROPERTY, cascade, worth_showing
+from kata.runner import CONTRACT_PROPERTY, NOT_IMPLEMENTED_PROPERTY, by_function, cascade, worth_showing
 
 # 测试里的张量都很小：多线程只有调度开销，机器忙时两个线程还会互相等待（慢几倍）
 torch.set_num_threads(1)
@@ -251,6 +251,16 @@ def _is_stub(rep) -> bool:
     return any(key == _NOT_IMPLEMENTED for key, _ in rep.user_properties)
 
 
+def _pretty(name: str) -> str:
+    """pytest 把测试 id 里的中文转义成 \\uXXXX；显示时还原。"""
+    if "\\u" not in name:
+        return name
+    try:
+        return name.encode("ascii").decode("unicode_escape")
+    except (UnicodeError, ValueError):
+        return name
+
+
 def _first_message_line(rep) -> str:
     text = getattr(rep, "longreprtext", "") or ""
     for line in text.splitlines():
@@ -272,12 +282,23 @@ def _write_cascade(terminalreporter) -> None:
     for i, g in enumerate(groups):
         head = "先修这一条" if i == 0 else "另一个独立的失败（也要修）"
         tr.write_line(f"{head}：{g.title}（{len(g.primary)} 个测试失败）", bold=True, red=True)
+        for rep, others in by_function(g.primary, lambda r: r.nodeid.split("::")[-1]):
+            more = f"（另外 {len(others)} 组参数也失败了）" if others else ""
+            tr.write_line(f"  ✗ {_pretty(rep.nodeid.split('::')[-1])}{more}：{_first_message_line(rep)}")
+        hints = []
         for rep in g.primary:
-            tr.write_line(f"  ✗ {rep.nodeid.split('::')[-1]}：{_first_message_line(rep)}")
+            for line in (getattr(rep, "longreprtext", "") or "").splitlines():
+                line = line.strip()
+                if line.startswith(("你的输出与", "误差约", "→ 见")) and line not in hints:
+                    hints.append(line)
+        for line in hints:
+            tr.write_line(f"  {line}")
         if g.dependents:
             tr.write_line(f"  下面 {len(g.dependents)} 个失败都依赖它，很可能是它连带的——先修好上面这一条，再重跑看还剩哪些：")
-            for rep in g.dependents:
-                tr.write_line(f"    · {rep.nodeid.split('::')[-1]}")
+            for rep, others in by_function(g.dependents, lambda r: r.nodeid.split("::")[-1]):
+                name = rep.nodeid.split("::")[-1]
+                name = f"{name.split('[')[0]}（{len(others) + 1} 组参数）" if others else name
+                tr.write_line(f"    · {_pretty(name)}")
 
 
 def pytest_terminal_summary(terminalreporter):

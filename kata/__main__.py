@@ -9,21 +9,26 @@ Ctrl-C 随时可以按：只打印一行“已中断。”，退出码 130，子
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import re
-import signal
-import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 
-from kata import runner
-from kata.curriculum import MODULES, Module, get_module
-from kata.impl import REPO_ROOT
-from kata.runner import (TestSummary, cascade, has_exercises, localize_paths, repo_path, run_tests,
-                         run_tests_cached, shown, worth_showing)
+try:  # Ctrl-C 在导入期间也只说一行（较重的 torch 在 main() 里导入，同样有保护）
+    import argparse
+    import json
+    import os
+    import re
+    import signal
+    import subprocess
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kata import runner
+    from kata.curriculum import MODULES, Module, get_module
+    from kata.impl import REPO_ROOT
+    from kata.runner import (TestSummary, cascade, has_exercises, localize_paths, repo_path, run_tests,
+                             run_tests_cached, shown, worth_showing)
+except KeyboardInterrupt:
+    print("已中断。", file=sys.stderr)
+    sys.exit(130)
 
 STATE_FILE = REPO_ROOT / ".kata-state.json"
 INTERRUPTED = "已中断。"
@@ -161,13 +166,26 @@ def cmd_check(args) -> int:
     if not has_exercises(m):
         print(f"模块 {m.key} 还没有上线练习。")
         return 1
-    impl = "solutions" if args.solutions else "exercises"
+    if args.solutions and args.impl:
+        print("--solutions 与 --impl 只能二选一", file=sys.stderr)
+        return 2
+    impl = "solutions" if args.solutions else (args.impl or "exercises")
+    if impl not in ("exercises", "solutions"):
+        from kata.impl import ImplLoadError, check_impl
+
+        try:
+            impl = check_impl(impl, [m], source="--impl")
+        except ImplLoadError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     t0 = time.perf_counter()
     key = runner.fingerprint(m, impl)
     s = run_tests(m, impl)
     if runner.fingerprint(m, impl) == key:
         runner.store_cached(s, key)
-    who = "参考实现 solutions/" if args.solutions else "你的实现 exercises/"
+    from kata.impl import describe
+
+    who = describe(impl)
     print(f"模块 {m.key}（{m.title}）· 被测：{who}\n")
     if s.problem:
         print("测试没能运行——这不是你的代码的问题：")
@@ -180,14 +198,17 @@ def cmd_check(args) -> int:
         for i, g in enumerate(groups):
             head = "先修这一条" if i == 0 else "另一个独立的失败（也要修）"
             print(f"{head}：{g.title}")
-            for o in g.primary:
+            for o, others in runner.by_function(g.primary, lambda o: o.name):
                 _print_failure(o, "  ")
-                shown_ids.add(id(o))
+                if others:
+                    print(f"      （同一个测试的另外 {len(others)} 组参数也失败了：{_pretty('、'.join(others))}）")
+            shown_ids.update(id(o) for o in g.primary)
             if g.dependents:
                 print(f"  下面 {len(g.dependents)} 个失败都依赖它，很可能是它连带的——先修好上面这一条，再重跑看还剩哪些：")
-                for o in g.dependents:
-                    print(f"    · {_pretty(o.name)}")
-                    shown_ids.add(id(o))
+                for o, others in runner.by_function(g.dependents, lambda o: o.name):
+                    name = o.name.split("[")[0] + (f"（{len(others) + 1} 组参数）" if others else "")
+                    print(f"    · {_pretty(name if others else o.name)}")
+                shown_ids.update(id(o) for o in g.dependents)
             print()
         print("其余测试：")
     for o in s.outcomes:
@@ -199,7 +220,9 @@ def cmd_check(args) -> int:
             print(f"  {'✓' if o.status == 'passed' else '-'} {_pretty(o.name)}")
     print(f"\n{s.passed}/{s.total} 通过（{time.perf_counter() - t0:.1f} 秒）· 状态：{_label(s)}")
     all_passed = s.passed == s.total and s.total > 0
-    if all_passed and args.solutions:
+    if impl not in ("exercises", "solutions"):
+        pass
+    elif all_passed and args.solutions:
         print("参考实现全部通过：测试和环境都正常。检查你自己的代码：python -m kata check "
               f"{m.number}（想先看看实验现象，可以用参考实现跑：{_first_experiment_cmd(m, 'solutions')}）")
     elif all_passed:
@@ -347,6 +370,8 @@ def build_parser():
     p = sub.add_parser("check", help="运行一个模块的测试（紧凑输出）")
     p.add_argument("module", metavar="模块", help="模块编号或目录名，例如 01 或 01_normalization")
     p.add_argument("--solutions", action="store_true", help="改为检查参考实现")
+    p.add_argument("--impl", default=None, metavar="IMPL",
+                   help="（高级）检查别的实现：bug:<名字>（bug bank 里的一个常见错误）或某个 .py 文件/目录的路径")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("hint", help="渐进提示：每次多给一条")
     p.add_argument("module", metavar="模块", help="模块编号，例如 01")

@@ -587,3 +587,16 @@ def cascade(failures: Iterable[T], layer_of: Callable[[T], Optional[dict]]) -> l
 def worth_showing(groups: list[CascadeGroup]) -> bool:
     """只有一个失败时没有“连带”可言；有依赖的失败，或有不止一个独立的根时才值得单独讲。"""
     return bool(groups) and (len(groups) > 1 or any(g.dependents for g in groups))
+
+
+def by_function(items: Iterable[T], name_of: Callable[[T], str]) -> list[tuple[T, list[str]]]:
+    """把同一个测试函数的不同参数归到一起：[(第一个, [其余的参数部分…]), …]，保持顺序。"""
+    groups: dict[str, tuple[T, list[str]]] = {}
+    for it in items:
+        name = name_of(it)
+        base, _, params = name.partition("[")
+        if base in groups:
+            groups[base][1].append("[" + params if params else name)
+        else:
+            groups[base] = (it, [])
+    return list(groups.values())

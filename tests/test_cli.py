@@ -197,3 +197,21 @@ def test_check_problem_is_not_reported_as_broken_code(monkeypatch, capsys, tmp_p
     out = capsys.readouterr().out
     assert "这不是你的代码的问题" in out and "修复（一条命令）：python -m pip install -e ." in out
     assert "还没开始" not in out and "0/0" not in out
+
+
+def test_quickstart_with_a_missing_tool_does_not_call_the_learner_unfinished(monkeypatch, capsys):
+    from kata.runner import TestSummary, _missing_tool_problem
+
+    def broken(m, impl, **kw):
+        s = TestSummary(m.key, impl)
+        s.problem, s.fix = _missing_tool_problem(["pytest"])
+        return s
+
+    ran = []
+    monkeypatch.setattr(cli, "run_tests_cached", broken)
+    monkeypatch.setattr(cli, "_run_child", lambda cmd: ran.append(cmd) or 0)
+    assert cli.main(["quickstart", "--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert ran and all("solutions" in cmd for cmd in ran)
+    assert "没法检查你的 01_normalization" in out and "这不是你的代码的问题" in out and "-m pip install -e" in out
+    assert "还没完成" not in out and "0/0" not in out
