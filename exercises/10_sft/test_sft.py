@@ -143,7 +143,19 @@ def _matching_bugs(run, actual, expected):
     return hits
 
 
+def _final_example() -> bool:
+    """hypothesis 缩小反例时会把失败的例子重跑很多遍：只在最后展示的那一遍（或不在 hypothesis 里时）做诊断。"""
+    try:
+        from hypothesis.control import current_build_context
+
+        return bool(current_build_context().is_final)
+    except Exception:  # 不在 hypothesis 的测试里
+        return True
+
+
 def _bug_note(run, actual, expected):
+    if not _final_example():
+        return ""
     hits = _matching_bugs(run, actual, expected)
     return ("\n  你的输出与" + "、".join(f"『{h}』" for h in hits) + "这个常见错误一致。") if hits else ""
 
@@ -188,7 +200,7 @@ def _check_labels(impl, conv, tok, max_length, expected_ids, expected_labels, wh
     ids, labels = _as_lists(impl.SFTDataset([conv], tok, max_length)[0])
     if ids != expected_ids:
         run = _dataset_run(conv, tok, max_length)
-        require(False, f"{what}：input_ids 不对（max_length={max_length}）\n"
+        require(False, f"input_ids 不对（max_length={max_length}）——{what}\n"
                        f"  期望 {_show(tok, expected_ids, [IGNORE] * len(expected_ids))}\n"
                        f"  实际 {_show(tok, ids, [IGNORE] * len(ids))}\n"
                        f"  期望 id {expected_ids}\n  实际 id {ids}"
@@ -196,7 +208,7 @@ def _check_labels(impl, conv, tok, max_length, expected_ids, expected_labels, wh
     if labels != expected_labels:
         run = _dataset_run(conv, tok, max_length)
         bad = [i for i, (a, b) in enumerate(zip(labels, expected_labels)) if a != b]
-        require(False, f"{what}：labels 不对（max_length={max_length}；⟦…⟧ 是进入 loss 的 token）\n"
+        require(False, f"labels（loss 掩码）不对（max_length={max_length}；⟦…⟧ 是进入 loss 的 token）——{what}\n"
                        f"  期望 {_show(tok, ids, expected_labels)}\n  实际 {_show(tok, ids, labels)}\n"
                        f"  第一个不同的位置 {bad[0] if bad else '（长度不同）'}：期望 "
                        f"{expected_labels[bad[0]] if bad else len(expected_labels)}，"
@@ -233,7 +245,7 @@ def _template_run(conv, gen):
 def _check_template(impl, conv, gen, expected, what, section=TEMPLATE):
     got = impl.apply_chat_template(conv, add_generation_prompt=gen)
     if got != expected:
-        require(False, f"{what}：模板字符串不对（add_generation_prompt={gen}）\n  期望 {expected!r}\n  实际 {got!r}"
+        require(False, f"模板字符串不对（add_generation_prompt={gen}）——{what}\n  期望 {expected!r}\n  实际 {got!r}"
                 + (_bug_note(_template_run(conv, gen), got, expected) if isinstance(got, str) else ""), section)
 
 
@@ -432,7 +444,7 @@ def test_truncation_at_any_point_only_cuts_the_full_labels(impl, conv):
         ids, labels = _as_lists(impl.SFTDataset([conv], CHAR_TOK, L)[0])
         if ids != full_ids[:L] or labels != full_labels[:L]:
             exp = _ref_labels(conv, CHAR_TOK, L)
-            require(False, f"截到 max_length={L}（完整长度 {full_len}）时，结果应正好是完整结果的前 {L} 个：\n"
+            require(False, f"截断：截到 max_length={L}（完整长度 {full_len}）时，input_ids 与 labels 应正好是完整结果的前 {L} 个：\n"
                            f"  期望 {_show(CHAR_TOK, full_ids[:L], full_labels[:L])}\n"
                            f"  实际 {_show(CHAR_TOK, ids, labels)}"
                     + _bug_note(_dataset_run(conv, CHAR_TOK, L), (ids, labels), exp), TRUNC)
