@@ -62,13 +62,30 @@ HELD_OUT = {
     "rope_theta_ignored": dict(
         model_edits=[("rope_base=config.rope_theta,", "rope_base=10000.0,")],
         expect="model（MiniMindModel）", arg="position_embeddings"),
+    # 词嵌入之后的 dropout 写死了 p=0.1（没用 config.dropout）：dropout=0 的配置在 train() 下也在丢
+    "embed_dropout_hardcoded": dict(
+        model_edits=[("self.dropout = nn.Dropout(config.dropout)", "self.dropout = nn.Dropout(0.1)")]),
+    # 残差相加处又加了一次 dropout（块的 forward 里不该有 dropout）
+    "residual_dropout_in_block": dict(
+        block_edits=[("hidden_states = residual + attn_out ",
+                      "hidden_states = residual + torch.nn.functional.dropout(attn_out, 0.1, self.training) ")]),
+    # 最后的 norm 没拿到 config.rms_norm_eps（只有这一个 norm）
+    "final_norm_eps_default": dict(
+        model_edits=[("self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)",
+                      "self.norm = RMSNorm(config.hidden_size)")]),
+    # 温度用错了：除以 T²
+    "temperature_squared": dict(
+        model_edits=[("logits = logits / temperature", "logits = logits / temperature ** 2")]),
+    # 已结束的行补的是 0，而不是 eos_token_id
+    "finished_rows_padded_with_zero": dict(
+        model_edits=[("torch.full_like(next_token, eos_token_id)", "torch.zeros_like(next_token)")]),
     # loss 用了 sum 而不是 mean
     "loss_summed": dict(
         model_edits=[("ignore_index=-100)", "ignore_index=-100, reduction=\"sum\")")]),
 }
 
 CONCEPT_WORDS = ("块", "残差", "norm", "RoPE", "cache", "padding", "loss", "logits", "逐层比对", "参考实现",
-                 "共享", "因果", "生成", "梯度", "参数", "均方根")
+                 "共享", "因果", "生成", "梯度", "参数", "均方根", "dropout", "eos", "temperature", "eps")
 
 
 @pytest.mark.parametrize("name", sorted(HELD_OUT))

@@ -361,9 +361,9 @@ def test_model_is_causal_end_to_end(impl, seed, s):
                    b[:, :t], a[:, :t], TOL, MODEL, mine, ref, lambda m: m(ids2).logits)
 
 
-@pytest.mark.parametrize("prefix", [1, 5], ids=["prefix1", "prefix5"])
-def test_kv_cache_decoding_matches_full_forward(impl, prefix):
-    cfg = _cfg()
+@pytest.mark.parametrize("prefix,layers", [(1, 2), (5, 2), (3, 1)], ids=["prefix1", "prefix5", "one_layer"])
+def test_kv_cache_decoding_matches_full_forward(impl, prefix, layers):
+    cfg = _cfg(layers=layers)   # 一层的模型：cache 长度要从第 0 层读（past_key_values[1] 不存在）
     mine, ref = _pair(impl, cfg, 41)
     ids = _ids(2, 9, cfg.vocab_size, 41)
     with torch.no_grad():
@@ -385,6 +385,32 @@ def test_kv_cache_decoding_matches_full_forward(impl, prefix):
     _fail_property(f"先用 KV cache 算前 {prefix} 个 token、再逐个 token 解码，logits 应当与整段一次前向相同"
                    "（新 token 的 RoPE 位置要从 cache 长度处切起；每层用自己那一层的 cache）",
                    got, full, TOL, CACHE, mine, ref, probe)
+
+
+def test_sequence_up_to_max_position_embeddings(impl):
+    cfg = MiniMindConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         vocab_size=50, max_position_embeddings=12)
+    mine, ref = _pair(impl, cfg, 45)
+    ids = _ids(2, 12, cfg.vocab_size, 45)
+    with torch.no_grad():
+        got, want = mine(ids).logits, ref(ids).logits     # 正好 max_position_embeddings 个位置：合法
+        _fail_property("长度正好等于 max_position_embeddings（12）的序列应能正常前向（位置 0…11 都在 RoPE 表里）",
+                       got, want, TOL, MODEL, mine, ref, lambda m: m(ids).logits)
+        past = mine(ids[:, :11], use_cache=True).past_key_values
+        step = mine(ids[:, 11:], past_key_values=past, use_cache=True).logits   # 用 cache 解码到最后一个位置
+    _fail_property("带 cache 解码到第 max_position_embeddings 个位置（位置 11）也应合法，且等于整段前向",
+                   step, want[:, -1:], TOL, CACHE, mine, ref, lambda m: m(ids).logits[:, -1:])
+    longer = _ids(1, 13, cfg.vocab_size, 46)
+    raised = None
+    try:
+        with torch.no_grad():
+            mine(longer)
+    except NotImplementedError:
+        raise
+    except Exception as exc:   # ValueError（参考实现）或 RoPE 表切短了之后的形状错误，都算“没有悄悄算下去”
+        raised = exc
+    require(raised is not None, "序列（13 个位置）超过 max_position_embeddings=12 时应报错：RoPE 表里没有位置 12，"
+                                "不能悄悄算下去", MODEL)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
