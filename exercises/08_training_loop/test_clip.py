@@ -156,3 +156,12 @@ def test_invalid_max_norm_raises(impl, max_norm):
     except ValueError:
         return
     require(False, f"max_norm={max_norm:g} 不是正数，应抛 ValueError（中文说明），而不是悄悄把梯度清零或放大", CLIP)
+
+
+def test_no_gradients_at_all(impl):
+    ps = _params([(3,)], 6, 0.0)
+    impl.clip_grad_norm(ps, 1.0)
+    empty = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]   # 还没 backward：grad 都是 None
+    total = impl.clip_grad_norm(empty, 1.0)
+    require(math.isclose(float(total), 0.0, abs_tol=0.0),
+            f"一个梯度都没有时（都是 None）应返回 0（torch 也是），实际 {total!r}", CLIP)

@@ -190,3 +190,16 @@ def test_gradcheck_float64(impl):
     logits, targets = _make((3, 4), 6, 11, 0.0, 0.3, dtype=torch.float64)
     logits.requires_grad_(True)
     require_gradcheck(lambda x: impl.cross_entropy(x, targets), (logits,), CE, who="cross_entropy")
+
+
+# ---------------------------------------------------------------- 6. 不合法的输入
+
+def test_mismatched_shapes_are_an_error_not_a_silent_answer(impl):
+    # logits [2, 3, V] 配 targets [3, 2]：元素个数相同，摊平后能算出一个数——但位置全对错了
+    impl.cross_entropy(torch.randn(2, 3, 5), torch.zeros(2, 3, dtype=torch.long))   # 形状对的时候能算
+    try:
+        got = impl.cross_entropy(torch.randn(2, 3, 5), torch.zeros(3, 2, dtype=torch.long))
+    except Exception:
+        return
+    require(False, f"logits [2, 3, 5] 配 targets [3, 2] 应该报错（targets 的形状要等于 logits 去掉最后一维），"
+                   f"实际悄悄返回了 {float(got.detach()):.4g}——摊平以后位置已经对不上了", CE)

@@ -287,3 +287,21 @@ def test_state_dict_round_trip_continues_identically(impl, seed, first, wd):
     assert_close(resumed(impl), straight, atol=0.0, rtol=0.0,
                  what=f"第 {first} 步存下 state_dict、读进一个新的 AdamW 再训 8 步 vs 一口气训完（应逐位相同）"
                       "——m、v、步数都必须在 self.state[p] 里", section=STATE, module=MODULE, run=resumed)
+
+
+def test_closure_and_invalid_hyperparameters(impl):
+    # torch.optim 的约定：step(closure) 先调用 closure（重新算 loss 和梯度），并把 loss 返回
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    opt = impl.AdamW([p], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (p ** 2).sum()
+        loss.backward()
+        return loss
+    loss = opt.step(closure)
+    require(isinstance(loss, torch.Tensor) and float(loss.detach()) == 5.0 and not torch.equal(p.detach(), torch.tensor([1.0, 2.0])),
+            f"step(closure) 应调用 closure、用它算出的梯度更新参数，并返回它的 loss（5.0），实际返回 {loss!r}", ADAM)
+    for kw in (dict(lr=-1.0), dict(betas=(1.0, 0.9)), dict(eps=-1e-8), dict(weight_decay=-0.1)):
+        with pytest.raises(ValueError):
+            impl.AdamW([p], **kw)

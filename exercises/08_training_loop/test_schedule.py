@@ -180,3 +180,15 @@ def test_minimind_lr_has_no_warmup_and_ends_at_a_tenth(impl):
     require(math.isclose(start, 1.0, rel_tol=1e-12) and math.isclose(end, 0.1, rel_tol=1e-12),
             f"minimind 的调度没有 warmup：step=0 时就是 lr（期望 1.0，实际 {start!r}），"
             f"step=total 时是 0.1·lr（期望 0.1，实际 {end!r}）", MINIMIND)
+
+
+def test_minimind_lr_rejects_zero_total(impl):
+    impl.minimind_lr(0, 10, 1.0)
+    try:
+        got = impl.minimind_lr(0, 0, 1.0)
+    except ValueError:
+        return
+    except ZeroDivisionError:
+        require(False, "minimind_lr(0, total_steps=0, …) 应抛 ValueError（中文说明 total_steps ≥ 1），而不是 ZeroDivisionError",
+                MINIMIND)
+    require(False, f"minimind_lr(0, total_steps=0, …) 应抛 ValueError，实际返回 {got!r}", MINIMIND)

@@ -388,3 +388,28 @@ def test_resume_is_bit_exact(impl, tmp_path, opt_name):
                       f"vs 一口气训 {2 * N} 步（每步 {ACC} 个 micro-batch，带 dropout；应逐位相同）"
                       "——模型、优化器状态、step、torch / numpy / python 随机数、数据位置，少一样就接不上",
                  section=RESUME, module=MODULE, run=run)
+
+
+def test_checkpoint_bad_usage_is_reported(impl, tmp_path):
+    model = TinyLM()
+    impl.save_checkpoint(tmp_path / "no_opt.pth", model, None, 5)          # 只存模型（例如导出给推理用）
+    with pytest.raises(ValueError):                                         # 想续训，文件里却没有优化器状态
+        impl.load_checkpoint(tmp_path / "no_opt.pth", TinyLM(), torch.optim.SGD(TinyLM().parameters(), lr=0.1))
+    with pytest.raises(ValueError):                                         # extra 不能覆盖保留的键
+        impl.save_checkpoint(tmp_path / "x.pth", model, None, 5, rng="oops")
+    with pytest.raises(TypeError):                                          # 模型的输出既不是张量也没有 .logits
+        impl.train_step(lambda ids: {"logits": 1}, _batch(2, 4, 0), torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_failed_save_leaves_no_stray_files(impl, tmp_path, monkeypatch):
+    model = TinyLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    impl.save_checkpoint(tmp_path / "ck.pth", model, opt, 1)
+
+    def crash(*args, **kwargs):
+        raise OSError("模拟：磁盘满了")
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        impl.save_checkpoint(tmp_path / "ck.pth", model, opt, 2)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    require(left == ["ck.pth"], f"保存失败后目录里应该只剩原来的 ck.pth，实际 {left}——出错时把临时文件删掉再抛出异常", ATOMIC)
