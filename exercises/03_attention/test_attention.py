@@ -624,26 +624,29 @@ def test_output_dropout_acts_in_training(impl, p, padded):
     where = "有左 padding（手写路径）" if padded else "没有 padding"
     require(isinstance(out, torch.Tensor) and out.shape == ref.shape,
             f"train() 下输出形状应与 eval() 下相同 {tuple(ref.shape)}", ATTN)
-    zero = out == 0
-    frac = float(zero.double().mean())
-    require(abs(frac - p) <= 0.1,
-            f"Attention(dropout={p}) 在 train()、{where} 时，输出里恰好为 0 的元素应约占 {p:.0%}"
-            f"（o_proj 之后的 nn.Dropout({p}) 把每个元素以概率 {p} 置 0），实际占 {frac:.1%}"
-            + ("——dropout 没有起作用：是不是没建 resid_dropout、建了没用上、把 dropout 参数丢了，"
-               "或者只在一条路径（有 / 没有 padding）上用了它？" if frac < 0.02 else
-               "——dropout 的概率不对：构造参数 dropout 要原样传给 nn.Dropout"),
-            "teaching.md §4.1（__init__：输出投影后面的 dropout）")
-    kept = ~zero
-    expected = ref[kept] / (1 - p)
-    ok = bool(torch.allclose(out[kept], expected, atol=1e-9, rtol=1e-9))
-    if not ok:
-        ratio = (out[kept] / ref[kept]).abs()
-        require(False,
-                f"Attention(dropout={p}) 在 train()、{where} 时，没被丢弃的元素应恰好是 eval() 输出的 1/(1−{p}) = "
-                f"{1 / (1 - p):.4g} 倍，实际倍数在 {float(ratio.min()):.4g} … {float(ratio.max()):.4g} 之间"
-                "——dropout 不在 o_proj 的输出上：放在了 o_proj 之前，或者做在了注意力概率上"
-                "（F.scaled_dot_product_attention 的 dropout_p、minimind 的 attn_dropout；本课不做这一处）",
-                "teaching.md §4.1（__init__：输出投影后面的 dropout）")
+    live = ref != 0                    # 整行被屏蔽的 padding 位置输出本来就是 0（或别的常数）：只数其余的元素
+    zero = (out == 0) & live
+    frac = float(zero.double().sum() / live.double().sum())
+    section = "teaching.md §4.1（__init__：输出投影后面的 dropout）"
+    head = (f"Attention(dropout={p}) 在 train()、{where} 时，输出里恰好为 0 的元素应约占 {p:.0%}"
+            f"（o_proj 之后的 nn.Dropout({p}) 把每个元素以概率 {p} 置 0），实际占 {frac:.1%}")
+    unchanged = bool(torch.allclose(out, ref, atol=1e-12, rtol=1e-12))
+    require(not unchanged, head + "——输出与 eval() 下完全相同，dropout 没有起作用：是不是没建 resid_dropout、建了没用上、"
+                                  "把 dropout 参数丢了，或者只在一条路径（有 / 没有 padding）上用了它？", section)
+    kept = live & ~zero
+    ratio = out[kept] / ref[kept]
+    one_scale = bool(kept.any()) and bool(torch.allclose(ratio, ratio.mean().expand_as(ratio), atol=0, rtol=1e-9))
+    require(one_scale,
+            head + f"；没被丢弃的元素与 eval() 输出之比应全都是 1/(1−{p}) = {1 / (1 - p):.4g}，实际在 "
+            f"{float(ratio.min()) if kept.any() else float('nan'):.4g} … {float(ratio.max()) if kept.any() else float('nan'):.4g} 之间"
+            "——dropout 不在 o_proj 的输出上：放在了 o_proj 之前（或 v 上），或者做在了注意力概率上"
+            "（F.scaled_dot_product_attention 的 dropout_p、minimind 的 attn_dropout）——本课只在 o_proj 的输出上做 dropout",
+            section)
+    scale = float(ratio.mean())
+    require(abs(frac - p) <= 0.1 and abs(scale - 1 / (1 - p)) <= 1e-9 * scale,
+            head + f"，没被丢弃的元素放大了 {scale:.4g} 倍（应为 1/(1−{p}) = {1 / (1 - p):.4g}）"
+            f"——dropout 的位置对了，但概率不对（像是 p ≈ {1 - 1 / scale:.3g}）：构造参数 dropout 要原样传给 nn.Dropout",
+            section)
 
 
 def test_train_mode_without_dropout_is_deterministic(impl):
