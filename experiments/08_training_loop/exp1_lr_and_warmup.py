@@ -117,6 +117,9 @@ class LrAndWarmup(Experiment):
             parts.append(txt + "。")
         s0, s1 = best[0]["largest_stable_lr"], best[warmup]["largest_stable_lr"]
         l0, l1 = best[0]["best"][0], best[warmup]["best"][0]
+        holes = {wu: [lr for lr in lrs if best[wu]["largest_stable_lr"] is not None
+                      and lr < best[wu]["largest_stable_lr"]
+                      and not all(status(r, unigram) == "ok" for r in results[(wu, lr)])] for wu in (0, warmup)}
         if s0 is not None and s1 is not None and s1 > s0:
             parts.append(f"warmup 把可用的学习率上限从 {s0:g} 提到了 {s1:g}：开头几步 Adam 的二阶矩 v 还只见过很少的梯度，"
                          "估计得很不准，这时用满学习率最容易把模型推坏（Liu et al. 2020 的论证）。")
@@ -130,6 +133,10 @@ class LrAndWarmup(Experiment):
                          "更深的模型或 Post-LN 上才明显。")
         else:
             parts.append("这次没有看到 warmup 提高可用学习率上限（见上表）。")
+        for wu, name in ((0, "无 warmup"), (warmup, "有 warmup")):
+            if holes[wu]:
+                parts.append(f"注意：{name}时比“最大稳定学习率”更小的 lr=" + "、".join(f"{a:g}" for a in holes[wu])
+                             + " 却失败了——稳定与否在边界附近有很大的偶然性（单个种子），上限只是一个粗略的刻度。")
         if math.isfinite(l0) and math.isfinite(l1):
             better = "有 warmup" if l1 < l0 else "无 warmup"
             parts.append(f"各自最好的验证 loss：无 warmup {l0:.3f}，有 warmup {l1:.3f}（{better}更低，差 {abs(l1 - l0):.3f}；"

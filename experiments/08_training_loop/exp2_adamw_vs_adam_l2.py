@@ -98,7 +98,12 @@ class AdamWVsAdamL2(Experiment):
         self.print_table(["优化器", "最好的 lr", f"验证 loss（{len(seeds)} 个种子）", "权重范数 开始 → 结束"], rows,
                          title=f"{steps} 步，weight_decay={wd}")
         self._plot(runs)
-        self.conclude(self._conclusion(runs, best_lr, len(seeds), wd))
+        text = self._conclusion(runs, best_lr, len(seeds), wd)
+        edge = [k for k in OPTIMIZERS if len(grid[k]) > 1 and best_lr[k] in (grid[k][0], grid[k][-1])]
+        if edge:
+            text += ("注意：" + "、".join(f"{k}（{best_lr[k]:g}）" for k in edge)
+                     + " 的最好学习率落在扫描范围的端点上，范围之外可能还有更好的学习率，它的成绩可能被低估了。")
+        self.conclude(text)
         return {"sweep": {k: {f"{lr:g}": r for lr, r in v.items()} for k, v in sweep.items()},
                 "best_lr": best_lr, "runs": runs,
                 "final_val_loss": {k: summarize([r["val_loss"] for r in v]) for k, v in runs.items()}}
