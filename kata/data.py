@@ -895,5 +895,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        print("\n已中断" if sys.stderr.isatty() else "已中断", file=sys.stderr)
+        print("\n已中断。" if sys.stderr.isatty() else "已中断。", file=sys.stderr)
         sys.exit(130)

@@ -29,7 +29,7 @@
         sys.exit(MyExperiment.main())
 
 脚本开头用三行把仓库根目录放进 sys.path，这样在仓库根目录和脚本所在文件夹里都能运行；紧接着第一个
-导入本模块（在 import torch 之前），它会装好 Ctrl-C 的处理：导入途中按 Ctrl-C 也只打印“已中断”::
+导入本模块（在 import torch 之前），它会装好 Ctrl-C 的处理：导入途中按 Ctrl-C 也只打印“已中断。”::
 
     import sys
     from pathlib import Path
@@ -55,7 +55,7 @@ run() 里可用的工具：``self.mode``（smoke / quick / full）与 ``self.by_
 
 ``main(argv)`` 返回退出码：0 成功；1 数据拿不到或设备不可用；2 参数有问题（结果目录不可写、
 --impl / --data-file 指向不存在或不能用的东西），或需要的组件还没实现（都只打印一句中文，不打印
-traceback，也不开始计算）；130 被 Ctrl-C 中断（只打印“已中断”一行）。
+traceback，也不开始计算）；130 被 Ctrl-C 中断（只打印“已中断。”一行）。
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def _interrupted_hook(exc_type, exc, tb, _previous=sys.excepthook):
         except Exception:
             pass
         try:
-            sys.stderr.write("已中断\n")
+            sys.stderr.write("已中断。\n")
             sys.stderr.flush()
         finally:
             import os as _os
@@ -123,7 +123,7 @@ __all__ = [
 
 # 冒烟模式的结论一律以这句话开头（由 Experiment.conclude / _execute 统一加上，实验脚本不用自己写）
 SMOKE_NOTICE = "（冒烟模式：步数极少、尺寸极小，下面的数字和结论都没有意义，只检查流程。）"
-INTERRUPTED = "已中断"
+INTERRUPTED = "已中断。"  # 与 python -m kata 的一致
 
 IMPL_CHOICES = ("exercises", "solutions")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
