@@ -84,6 +84,13 @@ def test_eps_is_stored_and_used(impl):
     assert_close(norm(x), _rms_float64(x, torch.ones(8), 1e-3).float(), **TOL[torch.float32],
                  what="eps=1e-3、输入 0.01 时（eps 必须真的参与计算）", section=WHAT_IS,
                  module=MODULE, run=_runner(x, torch.ones(8), eps=1e-3))
+    default = impl.RMSNorm(8)
+    require(getattr(default, "eps", None) == 1e-5,
+            f"RMSNorm(dim) 不传 eps 时默认 eps = 1e-5（与 minimind 相同），实际 self.eps = {getattr(default, 'eps', None)}",
+            WHAT_IS)
+    tiny = torch.full((1, 8), 3e-3, dtype=torch.float64)  # mean(x²)≈1e-5：与默认 eps 同量级
+    assert_close(default.double()(tiny), _rms_float64(tiny, torch.ones(8), 1e-5), **TOL[torch.float64],
+                 what="不传 eps（默认 1e-5）、float64 输入 0.003 时（默认的 eps 也要参与计算）", section=WHAT_IS)
 
 
 @pytest.mark.parametrize("shape", [(8,), (3, 8), (2, 5, 8), (2, 3, 4, 8)], ids=str)

@@ -84,7 +84,8 @@ class Attention(nn.Module):
         v_proj: Linear(dim, n_kv_heads·head_dim)   o_proj: Linear(n_heads·head_dim, dim)
     - qk_norm=True 时还有 q_norm、k_norm = RMSNorm(head_dim, eps)（minimind-3 的做法，用你的 RMSNorm）；
       qk_norm=False 时不要创建它们（state_dict 里不应出现 q_norm / k_norm）；
-    - dim 不能被 n_heads 整除、或 n_heads 不能被 n_kv_heads 整除时，抛出 ValueError 并说明原因；
+    - n_heads、n_kv_heads 不是正整数，或 dim 不能被 n_heads 整除、或 n_heads 不能被 n_kv_heads 整除时，
+      抛出 ValueError 并说明原因（先检查正整数：n_heads=0 时 dim % n_heads 本身就会抛 ZeroDivisionError）；
     - dropout 只有一处：o_proj 的**输出**之后的 `nn.Dropout(dropout)`（minimind 叫 resid_dropout）。
       train() 时它以概率 dropout 把输出的元素置 0、其余除以 1 − dropout；eval() 后什么都不做。
       注意力概率上**不做** dropout（minimind 还有一个 attn_dropout / dropout_p；本课的

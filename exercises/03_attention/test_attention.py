@@ -436,7 +436,9 @@ def test_attention_parameters_follow_minimind_names(impl, n_kv_heads, qk_norm):
 def test_attention_rejects_impossible_head_counts(impl):
     impl.Attention(16, 4, n_kv_heads=2)  # 合法的配置应该能建出来
     for kwargs, why in [(dict(dim=10, n_heads=4), "dim=10 不能被 n_heads=4 整除"),
-                        (dict(dim=16, n_heads=4, n_kv_heads=3), "n_heads=4 不能被 n_kv_heads=3 整除")]:
+                        (dict(dim=16, n_heads=4, n_kv_heads=3), "n_heads=4 不能被 n_kv_heads=3 整除"),
+                        (dict(dim=16, n_heads=0), "n_heads=0 不是正整数"),
+                        (dict(dim=16, n_heads=4, n_kv_heads=-2), "n_kv_heads=-2 不是正整数")]:
         try:
             impl.Attention(**kwargs)
         except ValueError:
@@ -676,6 +678,17 @@ def test_qk_norm_uses_the_eps_argument(impl):
                  what=f"Attention(..., qk_norm=True, eps={eps}) 与独立参考对比（q、k 的 RMS ≈ 0.03，eps 的大小会影响结果）"
                       "：q_norm = RMSNorm(head_dim, eps=eps)，k_norm 同理",
                  section="teaching.md §4.3（QK-norm）", module=MODULE, run=run)
+    # 不传 eps 时是默认的 1e-5：q、k 的 RMS ≈ 0.003 时它同样看得出来
+    w_tiny = dict(w, **{"q_proj.weight": w["q_proj.weight"] * 0.1, "k_proj.weight": w["k_proj.weight"] * 0.1})
+    expected_default, _, _ = _reference_attention(x, w_tiny, H, KVH, torch.arange(S), qk_norm=True, eps=1e-5)
+
+    def run_default(ns):
+        attn = _build(ns, dim, H, KVH, w_tiny, qk_norm=True)
+        with torch.no_grad():
+            return attn(x, (cos, sin))[0]
+    assert_close(run_default(impl), expected_default, **TOL_ATTN64,
+                 what="Attention(..., qk_norm=True) 不传 eps（默认 1e-5，q、k 的 RMS ≈ 0.003）与独立参考对比",
+                 section="teaching.md §4.3（QK-norm）", module=MODULE, run=run_default)
 
 
 # ================================================================ 6. padding 掩码

@@ -139,6 +139,8 @@ def test_attributes_norm_and_sublayer(impl, kind):
     require(getattr(norm, "eps", None) == 1e-3,
             f"{name}(dim, sublayer, eps=1e-3) 应该把 eps 传给 RMSNorm，实际 norm.eps = {getattr(norm, 'eps', None)}",
             where)
+    default_eps = getattr(getattr(getattr(impl, CLASS[kind])(16, sub), "norm", None), "eps", None)
+    require(default_eps == 1e-5, f"{name}(dim, sublayer) 不传 eps 时 norm 的 eps 应为默认的 1e-5，实际 {default_eps}", where)
     params = dict(wrapper.named_parameters())
     expected = {"norm.weight", "sublayer.up.weight", "sublayer.up.bias", "sublayer.down.weight", "sublayer.down.bias"}
     require(set(params) == expected,
