@@ -274,7 +274,7 @@ class WhyScale(Experiment):
                          + (f"{statistics.fmean(r['grad_trained'] for r in ok):.3g}" if ok else "—")])
         uni = results[variants[0]["key"]][0]["init_stats"]["uniform_entropy"]
         self.print_table(["变体", f"验证 loss（{len(seeds)} 个种子）", "熵 初始→训练", "训练后最大权重", "q/k 梯度 初始→训练"],
-                         rows, title=f"B. TinyShakespeare，dim={dim}，{layers} 层，{steps} 步（均匀分布的熵 = {uni:.2f}）")
+                         rows, title=f"B. {corpus.name}，dim={dim}，{layers} 层，{steps} 步（均匀分布的熵 = {uni:.2f}）")
         self._plot(syn, dims, results, variants, seeds)
         text, verdict = write_conclusion(syn, results, variants, len(seeds), steps)
         self.conclude(text)
