@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--threads", type=int, default=None, help="torch 线程数（默认：CPU 核数 / 进程数）")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="训练到第 N 步就存盘退出（像 Ctrl-C 一样，之后用 --resume 接着训练；学习率按 --steps 排）")
+    p.add_argument("--cloze-items", type=int, default=200, help="完形填空的题数")
     p.add_argument("--no-final-eval", action="store_true", help="跳过结尾的完整评估（压缩器、完形填空、样本）")
     p.add_argument("--quiet", action="store_true", help="不显示进度条")
     g = p.add_argument_group("MiniMindConfig 字段（覆盖预设）")
@@ -533,6 +536,12 @@ def _train(args, model_kw, train, parts, rank, world, dist_device, say) -> int:
                     (bar.write(msg) if bar is not None else say(msg))
             if done % train["ckpt_every"] == 0 and done != steps:
                 save(done)
+            if args.stop_after is not None and done >= args.stop_after and done != steps:
+                if bar is not None:
+                    bar.close()
+                save(done)
+                say(f"按 --stop-after 在第 {done} 步停下：checkpoint 在 {resume_path}（用 --resume {resume_path} 接着训练）。")
+                return 0
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -547,9 +556,9 @@ def _train(args, model_kw, train, parts, rank, world, dist_device, say) -> int:
         bar.close()
     wall = time.perf_counter() - t0
     save(steps)
+    final = run_eval(None)              # 所有进程都要参加（evaluate 里有 all_reduce），之后只有 rank 0 往下走
     if not main_proc:
         return 0
-    final = run_eval(None)
     results = {"config": config.to_dict(), "train": train, "preset": args.preset, "impl": args.impl,
                "fallbacks": parts.fallbacks, "tokenizer": args.tokenizer, "vocab": vocab, "params": n_params,
                "world_size": world, "data": corpus.info(), "seed": args.seed, "wall_seconds": wall,
@@ -568,7 +577,7 @@ def _train(args, model_kw, train, parts, rank, world, dist_device, say) -> int:
         best = min(comp, key=comp.get)
         verdict = "比" + best + " 还好" if final["bpb"] < comp[best] else f"还不如 {best}（{comp[best]:.3f}）"
         print(f"→ 你的模型{verdict}。")
-        cz = cloze(model, tok, train_text, val_text, seed=args.seed, device=device)
+        cz = cloze(model, tok, train_text, val_text, n_items=args.cloze_items, seed=args.seed, device=device)
         results["cloze"] = cz
         print(f"完形填空（held-out 里挖掉一个词，在真词和 {cz['k']} 个同长度的干扰词里按对数似然选）："
               f"{cz['n']} 题，准确率 {cz['accuracy']:.1%}，随机猜 {cz['chance']:.1%}")

@@ -1,0 +1,196 @@
+"""kata.train / kata.generate：小配置跑通、输出文件、精确续训、Ctrl-C、torchrun 两个进程 = 单进程双倍批次、流式生成。
+
+全部用 --impl solutions 和 tiny 配置；不断言任何时间。
+"""
+from __future__ import annotations
+
+import bz2
+import json
+import lzma
+import os
+import socket
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from kata import train as kt
+from kata.impl import REPO_ROOT, resolve
+
+DATA = Path(os.environ.get("KATA_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+pytestmark = pytest.mark.skipif(not (DATA / "tinyshakespeare.txt").is_file(),
+                                reason="需要 KATA_DATA_DIR 下的 tinyshakespeare.txt")
+
+TINY = ["--preset", "tiny", "--impl", "solutions", "--hidden_size", "32", "--num_hidden_layers", "1",
+        "--num_attention_heads", "2", "--num_key_value_heads", "1", "--batch-size", "4", "--seq-len", "16",
+        "--quiet", "--threads", "1", "--eval-batches", "2"]
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(monkeypatch):
+    monkeypatch.setenv("KATA_DATA_DIR", str(DATA))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+
+
+def _run(out: Path, *extra) -> int:
+    return kt.main([*TINY, "--out", str(out), *extra])
+
+
+def test_tiny_run_writes_a_plain_state_dict_with_minimind_keys(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = _run(out, "--steps", "4", "--eval-every", "2", "--cloze-items", "5", "--sample-tokens", "8")
+    text = capsys.readouterr().out
+    assert code == 0, text
+    for name in ("model.pth", "resume.pth", "config.json", "tokenizer.json", "results.json", "loss.png"):
+        assert (out / name).is_file(), name
+    assert not [p.name for p in out.iterdir() if "tmp" in p.name], "临时文件应已 os.replace 掉"
+    sd = torch.load(out / "model.pth", weights_only=True)
+    for key in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+                "model.layers.0.mlp.gate_proj.weight", "model.layers.0.input_layernorm.weight", "model.norm.weight",
+                "lm_head.weight"):
+        assert key in sd, (key, sorted(sd)[:8])
+    res = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert res["params"] == sum(v.numel() for k, v in sd.items() if k != "model.embed_tokens.weight")
+    assert set(res["final_val"]) >= {"loss", "bpb"} and res["final_val"]["loss"] > 0
+    assert res["final_val"]["bpb"] == pytest.approx(res["final_val"]["loss"] / 0.6931471805599453, rel=1e-6)  # ASCII：1 字节/字符
+    assert set(res["compressors_bpb"]) == {"zlib -9", "bz2 -9", "xz -9e"}
+    assert res["cloze"]["n"] == 5 and res["cloze"]["chance"] == pytest.approx(0.2)
+    assert set(res["samples"]) == {"0", "1", "2"}
+    assert len(res["history"]["train_loss"]) == 4 and res["history"]["val_step"] == [2, 4]
+    assert "bits per byte" in text and "xz -9e" in text
+
+
+def test_resume_continues_exactly(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _run(a, "--steps", "6", "--eval-every", "100", "--no-final-eval") == 0
+    assert _run(b, "--steps", "6", "--eval-every", "100", "--no-final-eval", "--stop-after", "3") == 0
+    ck = torch.load(b / "resume.pth", weights_only=True)
+    assert ck["step"] == 3
+    assert _run(b, "--steps", "6", "--eval-every", "100", "--no-final-eval", "--resume", str(b / "resume.pth")) == 0
+    sa, sb = (torch.load(p / "model.pth", weights_only=True) for p in (a, b))
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"续训后 {k} 与不中断的那次不同"
+    ha = json.loads((a / "results.json").read_text())["history"]["train_loss"]
+    hb = json.loads((b / "results.json").read_text())["history"]["train_loss"]
+    assert ha == hb
+
+
+def test_ctrl_c_saves_a_checkpoint_and_returns_130(tmp_path, monkeypatch, capsys):
+    real_call = kt.Parts.call
+    seen = {"n": 0}
+
+    def call(self, module, name, *a, **k):
+        if name == "train_step":
+            seen["n"] += 1
+            if seen["n"] == 3:
+                raise KeyboardInterrupt
+        return real_call(self, module, name, *a, **k)
+
+    monkeypatch.setattr(kt.Parts, "call", call)
+    out = tmp_path / "run"
+    assert _run(out, "--steps", "10", "--eval-every", "100", "--no-final-eval") == 130
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("已中断：checkpoint 已保存到"), printed[-3:]
+    ck = torch.load(out / "resume.pth", weights_only=True)
+    assert ck["step"] == 2, "两步完成、第三步被打断：checkpoint 记的是完成了的 2 步"
+    assert (out / "model.pth").is_file()
+
+
+def test_bad_arguments_exit_2_with_one_sentence(tmp_path, capsys):
+    assert _run(tmp_path / "x", "--steps", "0") == 2
+    assert "--steps 应为正整数" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_equal_one_process_with_double_batch(tmp_path):
+    common = [*TINY, "--steps", "4", "--eval-every", "100", "--no-final-eval"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(KATA_DATA_DIR=str(DATA), MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "kata.train", *common, "--out", str(two)]
+    r = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    res = json.loads((two / "results.json").read_text())
+    assert res["world_size"] == 2
+    i = TINY.index("--batch-size")
+    single = [*common[:i + 1], "8", *common[i + 2:]]
+    one = tmp_path / "one"
+    assert kt.main([*single, "--out", str(one)]) == 0
+    s2, s1 = (torch.load(p / "model.pth", weights_only=True) for p in (two, one))
+    for k in s1:
+        assert torch.allclose(s1[k], s2[k], atol=1e-5, rtol=1e-4), f"{k}：2 进程 × batch 4 ≠ 1 进程 × batch 8"
+    h2 = json.loads((two / "results.json").read_text())["history"]["train_loss"]
+    h1 = json.loads((one / "results.json").read_text())["history"]["train_loss"]
+    assert h2 == pytest.approx(h1, abs=1e-5), "rank 0 记下的 loss 应是全局平均（all-reduce 之后）"
+
+
+def _tiny_model(vocab=11):
+    from kata.config import MiniMindConfig
+
+    torch.manual_seed(0)
+    cfg = MiniMindConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         vocab_size=vocab, max_position_embeddings=256)
+    return resolve("06_transformer_block", "solutions").MiniMindForCausalLM(cfg)
+
+
+def test_streaming_with_kv_cache_equals_no_cache():
+    from kata.data import CharTokenizer
+
+    tok = CharTokenizer(list("abcdefghij "))
+    model = _tiny_model()
+    pieces = []
+    a = kt.stream(model, tok, "abc", max_new_tokens=30, temperature=0, use_cache=True, on_text=pieces.append)
+    b = kt.stream(model, tok, "abc", max_new_tokens=30, temperature=0, use_cache=False)
+    assert a == b and "".join(pieces) == a and len(a) == 30
+    c = kt.stream(model, tok, "abc", max_new_tokens=30, temperature=1.0, seed=1)
+    d = kt.stream(model, tok, "abc", max_new_tokens=30, temperature=1.0, seed=1, use_cache=False)
+    assert c == d, "同一个 seed：有无 KV cache 抽出的序列应相同"
+
+
+def test_generate_cli_loads_half_precision_weights(tmp_path, capsys):
+    from kata import generate as kg
+    from kata.data import CharTokenizer
+
+    model = _tiny_model()
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    torch.save({k: v.half() for k, v in model.state_dict().items()}, folder / "model.pth")   # minimind 存 fp16
+    (folder / "config.json").write_text(json.dumps(model.config.to_dict()))
+    (folder / "tokenizer.json").write_text(json.dumps({"type": "char", "chars": list("abcdefghij ")}))
+    assert kg.main(["--ckpt", str(folder / "model.pth"), "--prompt", "ab", "--max-new-tokens", "5",
+                    "--temperature", "0", "--impl", "solutions"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ab") and len(out.strip()) == 7
+    assert kg.main(["--ckpt", str(folder / "nope.pth")]) == 2
+
+
+def test_compressor_bpb_is_eight_times_the_compression_ratio():
+    data = (b"to be or not to be, that is the question. " * 50)
+    got = kt.compressor_bpb(data)
+    assert got["zlib -9"] == pytest.approx(8 * len(zlib.compress(data, 9)) / len(data))
+    assert got["bz2 -9"] == pytest.approx(8 * len(bz2.compress(data, 9)) / len(data))
+    assert got["xz -9e"] == pytest.approx(8 * len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)) / len(data))
+    assert all(v < 8 for v in got.values())
+
+
+def test_cloze_candidates_have_the_answer_first_and_equal_length():
+    from kata.data import CharTokenizer
+
+    text = "the king and the queen went to the river and the tower of the old town " * 20
+    tok = CharTokenizer.from_text(text)
+    model = _tiny_model(tok.vocab_size)
+    cz = kt.cloze(model, tok, text, text, n_items=10, k=2, context=16, seed=0)
+    assert cz["n"] == 10 and cz["chance"] == pytest.approx(1 / 3) and 0 <= cz["accuracy"] <= 1
+    for ex in cz["examples"]:
+        assert ex["candidates"][0] == ex["answer"] and len(set(map(len, ex["candidates"]))) == 1
