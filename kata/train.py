@@ -252,10 +252,11 @@ def stream(model, tok, prompt: str, *, max_new_tokens: int = 200, temperature: f
             ids.append(nxt)
             if eos_id is not None and nxt == eos_id:
                 break
-            text = tok.decode(ids[prompt_len:])
-            if on_text is not None and text.startswith(shown) and not text.endswith("\ufffd"):
-                on_text(text[len(shown):])
-                shown = text
+            if on_text is not None:
+                text = tok.decode(ids[prompt_len:])
+                if text.startswith(shown) and not text.endswith("\ufffd"):   # 多字节字符还没凑齐时先不打印
+                    on_text(text[len(shown):])
+                    shown = text
         text = tok.decode(ids[prompt_len:])
         if on_text is not None and text.startswith(shown) and len(text) > len(shown):
             on_text(text[len(shown):])
@@ -462,7 +463,8 @@ def _train(args, model_kw, train, parts, rank, world, dist_device, say) -> int:
 
     steps, B, T = train["steps"], train["batch_size"], train["seq_len"]
     start = 0
-    history = {"step": [], "train_loss": [], "lr": [], "val_step": [], "val_loss": [], "val_bpb": []}
+    history = {"step": [], "train_loss": [], "lr": [], "val_step": [], "val_loss": [], "val_bpb": [],
+               "val_time": []}   # val_time：到这次评估为止的训练时间（秒，不含评估和采样本身）
     resume_path, model_path = out / "resume.pth", out / "model.pth"
     if args.resume:
         ckpt, _ = parts.call("08_training_loop", "load_checkpoint", args.resume, model, opt)
@@ -497,6 +499,7 @@ def _train(args, model_kw, train, parts, rank, world, dist_device, say) -> int:
         bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True, file=sys.stdout)
     t0 = time.perf_counter()
     tokens_seen = 0
+    eval_seconds = 0.0
     completed = start
     try:
         for step in range(start, steps):
@@ -520,11 +523,13 @@ def _train(args, model_kw, train, parts, rank, world, dist_device, say) -> int:
             history["lr"].append(lr)
             completed = step + 1
             if bar is not None:
-                rate = tokens_seen / max(time.perf_counter() - t0, 1e-9)
+                rate = tokens_seen / max(time.perf_counter() - t0 - eval_seconds, 1e-9)
                 bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e} {rate:,.0f} tok/s", refresh=False)
                 bar.update(1)
             done = step + 1
             if done % train["eval_every"] == 0 or done == steps:
+                t_ev = time.perf_counter()
+                history["val_time"].append(t_ev - t0 - eval_seconds)
                 ev = run_eval(train["eval_batches"])
                 history["val_step"].append(done)
                 history["val_loss"].append(ev["loss"])
@@ -534,6 +539,7 @@ def _train(args, model_kw, train, parts, rank, world, dist_device, say) -> int:
                                     device=device).replace("\n", " ⏎ ")
                     msg = f"第 {done} 步：val loss {ev['loss']:.4f}，bpb {ev['bpb']:.3f} ｜ 样本：{sample[:80]}"
                     (bar.write(msg) if bar is not None else say(msg))
+                eval_seconds += time.perf_counter() - t_ev
             if done % train["ckpt_every"] == 0 and done != steps:
                 save(done)
             if args.stop_after is not None and done >= args.stop_after and done != steps:
@@ -555,6 +561,7 @@ def _train(args, model_kw, train, parts, rank, world, dist_device, say) -> int:
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - t0
+    train_seconds = wall - eval_seconds
     save(steps)
     final = run_eval(None)              # 所有进程都要参加（evaluate 里有 all_reduce），之后只有 rank 0 往下走
     if not main_proc:
@@ -562,9 +569,10 @@ def _train(args, model_kw, train, parts, rank, world, dist_device, say) -> int:
     results = {"config": config.to_dict(), "train": train, "preset": args.preset, "impl": args.impl,
                "fallbacks": parts.fallbacks, "tokenizer": args.tokenizer, "vocab": vocab, "params": n_params,
                "world_size": world, "data": corpus.info(), "seed": args.seed, "wall_seconds": wall,
-               "tokens_per_second": tokens_seen / max(wall, 1e-9), "resumed_from": args.resume, "start_step": start,
+               "train_seconds": train_seconds, "tokens_per_second": tokens_seen / max(train_seconds, 1e-9), "resumed_from": args.resume, "start_step": start,
                "final_val": final, "history": history, "environment": environment_info(device)}
-    print(f"\n训练完成：{steps - start} 步，{wall:.0f} 秒，{results['tokens_per_second']:,.0f} tokens/s")
+    print(f"\n训练完成：{steps - start} 步，{wall:.0f} 秒（其中训练 {train_seconds:.0f} 秒），"
+          f"{results['tokens_per_second']:,.0f} tokens/s")
     print(f"held-out（整个验证集 {final['tokens']:,} 个 token、{final['bytes']:,} 字节）：loss {final['loss']:.4f}，"
           f"bits per byte {final['bpb']:.3f}")
     if not args.no_final_eval:
