@@ -107,7 +107,7 @@ def cmd_status(args) -> int:
     live = [m for m in MODULES if has_exercises(m)]
     use_cache = not args.fresh
     todo = [m for m in live if not use_cache or runner.load_cached(m, "exercises", runner.fingerprint(m)) is None]
-    if todo:
+    if todo and not runner.missing_tools():
         print(f"（正在运行 {len(todo)} 个模块的测试"
               + ("；文件没变的模块直接用上次的结果" if len(todo) < len(live) else "") + "……）\n", flush=True)
     summaries = _run_many(live, use_cache)
@@ -134,7 +134,8 @@ def cmd_status(args) -> int:
                 next_step = (f"读 {repo_path(f'exercises/{m.key}/teaching.md')}，完成 {files}，"
                              f"然后 python -m kata check {m.number}")
     for (problem, fix), keys in problems.items():
-        print(f"\n无法运行（{'、'.join(keys)}）：{localize_paths(problem)}。")
+        which = "全部模块" if len(keys) == len(live) and len(keys) > 1 else "、".join(keys)
+        print(f"\n无法运行（{which}）：{localize_paths(problem)}。")
         if fix:
             print(f"修复（一条命令）：{fix}")
     if any(s.cached for s in summaries.values()):
@@ -188,7 +189,7 @@ def cmd_check(args) -> int:
     who = describe(impl)
     print(f"模块 {m.key}（{m.title}）· 被测：{who}\n")
     if s.problem:
-        print("测试没能运行——这不是你的代码的问题：")
+        print("测试没能运行：")
         _print_problem(s, "  ")
         return 2
     failures = [o for o in s.outcomes if o.status in ("failed", "error")]

@@ -38,6 +38,27 @@ def test_float32_downcast_of_float64_is_named_and_digits_show_the_difference():
     assert len(rows) == 2 and rows[0] != rows[1], msg
 
 
+def test_weight_kept_in_float32_is_also_named():
+    # x 是 float64，weight 被写成 weight.float()：结果仍是 float64，但带着 float32 的舍入误差
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 16, generator=g, dtype=torch.float64)
+    w = torch.rand(16, generator=g, dtype=torch.float64) + 0.5
+    expected = x * w
+    actual = x * w.float().double()
+    msg = _failure(lambda: assert_close(actual, expected, atol=1e-12, rtol=1e-12, what="y", section="§2"))
+    assert "误差约 1e-7 = float32 的精度" in msg
+
+
+def test_a_small_systematic_error_is_not_blamed_on_float32():
+    # eps 少加了：相对误差只有 ~5e-7，但每个元素同号同大小——这是公式错了，不是精度
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 32, generator=g, dtype=torch.float64)
+    ms = x.pow(2).mean(-1, keepdim=True)
+    expected, actual = x / torch.sqrt(ms + 1e-6), x / torch.sqrt(ms)
+    msg = _failure(lambda: assert_close(actual, expected, atol=1e-10, rtol=1e-10, what="eps", section="§2"))
+    assert "float32 的精度" not in msg, msg
+
+
 def test_precision_note_is_not_given_for_real_value_errors_or_float32_inputs():
     e = torch.linspace(1, 2, 10, dtype=torch.float64)
     msg = _failure(lambda: assert_close(e * 1.01, e, atol=1e-10, rtol=1e-10, what="x", section="§1"))
