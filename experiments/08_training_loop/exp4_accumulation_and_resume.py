@@ -145,8 +145,12 @@ class AccumulationAndResume(Experiment):
         else:
             parts.append(f"中断续训与不中断不一致：loss 最大差 {exact_diff:.1e}、权重最大差 {exact_w:.1e}——"
                          "检查 checkpoint 是否包含优化器状态、step、三个随机数发生器和数据位置（teaching.md §7.1）。")
-        parts.append(f"把续训时的权重舍入成 fp16（minimind 的 lm_checkpoint 就这样存）后，loss 曲线离开原曲线最多 {fp16_diff:.1e}"
-                     "：单看一条曲线几乎看不出来，但它已经不是同一次训练了。")
+        if fp16_diff > 0:
+            parts.append(f"把续训时的权重舍入成 fp16（minimind 的 lm_checkpoint 就这样存）后，loss 曲线离开原曲线最多 {fp16_diff:.1e}"
+                         + ("：单看一条曲线几乎看不出来，但它已经不是同一次训练了。" if fp16_diff < 1e-2 else
+                            "：已经能在图上看出来了。"))
+        else:
+            parts.append("把续训时的权重舍入成 fp16 之后，这次的 loss 曲线竟然没有变化（权重恰好都能用 fp16 精确表示？）。")
         return "".join(parts)
 
     def _plot(self, acc, big, straight, resumed, half, k):
