@@ -351,12 +351,13 @@ def _chinese_error(exc_info) -> bool:
     (lambda ns: ns.train_bpe("abc", 300.0), TypeError, "vocab_size 不是整数"),
     (lambda ns: ns.train_bpe("abc", 300, special_tokens="<|x|>"), TypeError, "special_tokens 是一个字符串而不是列表"),
     (lambda ns: ns.train_bpe("abc", 300, special_tokens=["<|x|>", "<|x|>"]), ValueError, "special_tokens 有重复"),
+    (lambda ns: ns.train_bpe("abc", 300, special_tokens=["<|x|>", ""]), TypeError, "special_tokens 里有空字符串"),
     (lambda ns: ns.BPETokenizer({i: bytes([i]) for i in range(256)}, [], special_tokens=["<|x|>"]), ValueError,
      "特殊 token 不在 vocab 里"),
     (lambda ns: ns.BPETokenizer({i: bytes([i]) for i in range(255)}, []), ValueError, "vocab 缺少字节 255"),
     (lambda ns: ns.BPETokenizer({i: bytes([i]) for i in range(256)}, [(b"a", b"b")]), ValueError,
      "合并的结果 b'ab' 不在 vocab 里"),
-], ids=["text", "vocab_size", "specials-str", "specials-dup", "special-missing", "byte-missing", "merge-missing"])
+], ids=["text", "vocab_size", "specials-str", "specials-dup", "specials-empty", "special-missing", "byte-missing", "merge-missing"])
 def test_bad_arguments_are_clear_errors(impl, call, exc, why):
     with pytest.raises(exc) as info:
         call(impl)
