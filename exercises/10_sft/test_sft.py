@@ -315,8 +315,11 @@ def test_template_accepts_a_minimind_jsonl_row(impl):
     ([{"role": "user", "content": 3}], TypeError, "content"),
     ([], ValueError, "空"),
     ("hello", TypeError, "列表"),
+    (["hello"], TypeError, "dict"),
+    ([{"role": "user", "content": "a <|im_start|> b"}], ValueError, "<|im_start|>"),
+    ([{"role": "user", "content": "a <|endoftext|>"}], ValueError, "<|endoftext|>"),
 ], ids=["tool", "unknown_role", "tool_calls", "reasoning", "special_in_content", "no_content", "int_content",
-        "empty", "string"])
+        "empty", "string", "message_not_dict", "im_start_in_content", "endoftext_in_content"])
 def test_template_rejects_unsupported_input_in_chinese(impl, bad, exc, word):
     try:
         out = impl.apply_chat_template(bad)
@@ -362,8 +365,19 @@ def test_dataset_rejects_tokenizer_without_special_tokens_and_bad_conversations(
     with pytest.raises(ValueError) as info:
         impl.SFTDataset([conv], plain, 16)
     require("<|" in str(info.value), f"分词器不认识特殊 token 时应报错并点出是哪一个，实际：{info.value}", DATASET)
+    for missing in SPECIALS:
+        partial = CharTokenizer(CHARS, special_tokens=[t for t in SPECIALS if t != missing])
+        with pytest.raises(ValueError) as info:
+            impl.SFTDataset([conv], partial, 16)
+        require(missing in str(info.value),
+                f"分词器缺 {missing} 时应报错并点出它（三个特殊 token 每个都要检查），实际：{info.value}", DATASET)
     with pytest.raises((ValueError, TypeError)):
         impl.SFTDataset([[{"role": "tool", "content": "x"}]], CHAR_TOK, 16)
+    for bad in ("hello", {"role": "user", "content": "x"}):
+        with pytest.raises(TypeError):
+            impl.SFTDataset(bad, CHAR_TOK, 16)
+    with pytest.raises(TypeError):
+        impl.SFTDataset([conv], object(), 16)
 
 
 @given(conversations(), st.integers(1, 120))
