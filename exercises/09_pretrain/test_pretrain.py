@@ -474,7 +474,7 @@ def _launch(impl_name: str, out: Path, timeout: float = 90.0) -> list[dict]:
 
 # 只有这些常见错误要两个真的进程才看得出来；bug bank 自检时其余的错误实现已被前面的单进程测试抓住，
 # 不必为它们各启动一次两个进程（每次要几秒）
-_NEEDS_TWO_PROCESSES = {"same_data_every_rank", "eval_not_reduced", "metrics_from_rank0_only",
+_NEEDS_TWO_PROCESSES = {"eval_not_reduced", "metrics_from_rank0_only",
                         "loss_averaged_twice", "no_ddp_wrap", "all_ranks_save"}
 
 
