@@ -82,6 +82,18 @@ CONTRACTS: dict[str, tuple[Contract, ...]] = {
                  ("test_yarn_*",), after=("freqs",)),
         Contract("sinusoidal", "正弦位置编码（与 RoPE 无关）", ("test_sinusoidal_*",)),
     ),
+    # 03：Attention.forward 调用的是你自己的 scaled_dot_product_attention 和 repeat_kv，
+    # 所以它们错了，Attention 的测试会跟着错；没列出的 Attention 测试依赖全部契约。
+    "03_attention": (
+        Contract("sdpa", "scaled_dot_product_attention 本身：除以 √D、softmax 沿 key 轴、因果掩码对齐到最后一个 query",
+                 ("test_sdpa_*", "test_attention_weights_are_a_distribution_per_row",
+                  "test_scores_are_scaled_by_one_over_sqrt_d")),
+        Contract("repeat_kv", "repeat_kv：每个 KV 头交错复制 n_rep 份（0 0 1 1）", ("test_repeat_kv_*",)),
+        Contract("init", "Attention 的参数名与形状（q_proj/k_proj/v_proj/o_proj），头数不能整除时报错",
+                 ("test_attention_parameters_follow_minimind_names", "test_attention_rejects_impossible_head_counts")),
+        Contract("shape", "Attention 的输出形状与 present（KV cache）", ("test_attention_output_shape_and_present",),
+                 after=("init",)),
+    ),
 }
 
 
