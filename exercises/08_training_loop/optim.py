@@ -26,7 +26,9 @@ class AdamW(torch.optim.Optimizer):
       （调度器会在两步之间改 group["lr"]）；
     - 状态放在 self.state[p] 里（一个 dict，第一次见到 p 时是空的）：键名用 torch 的
       "step"、"exp_avg"、"exp_avg_sq"——放在别处，state_dict() 就存不下来，断点续训就接不上；
-    - 整个 step 在 torch.no_grad() 下（已经加好装饰器），用原地操作改 p：p.mul_(…)、p.addcdiv_(…)。
+    - 整个 step 在 torch.no_grad() 下（已经加好装饰器），用原地操作改 p：p.mul_(…)、p.addcdiv_(…)；
+    - closure（torch.optim 的约定）：不为 None 时先 `with torch.enable_grad(): loss = closure()`，最后 return loss
+      （没有 closure 时返回 None）。
 
     提示：
     - 权重衰减**不要**加到梯度上（g + wd·p 是 Adam + L2，会被 √v̂ 除掉，效果完全不同，teaching.md §3.3）；
