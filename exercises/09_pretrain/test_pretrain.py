@@ -367,6 +367,26 @@ def test_setup_reads_torchrun_environment(impl, monkeypatch, cuda):
                 f"有 CUDA 时应 torch.cuda.set_device(local_rank=1)，实际调用 {devices}", ENV)
 
 
+def test_setup_rank_without_the_rest_of_torchrun_env_is_an_error(impl, monkeypatch):
+    for k in TORCHRUN_VARS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("RANK", "0")           # 只设了 RANK：不是 torchrun 启动的，其余变量都缺
+    fake = _FakeInit()
+    monkeypatch.setattr(dist, "init_process_group", fake)
+    try:
+        impl.setup_distributed()
+    except NotImplementedError:
+        raise
+    except RuntimeError as exc:
+        require("torchrun" in str(exc), f"错误信息应提示用 torchrun 启动，实际：{exc}", ENV)
+        return
+    except Exception as exc:  # noqa: BLE001
+        require(False, f"设置了 RANK 却缺 WORLD_SIZE 等变量时应抛 RuntimeError（说“请用 torchrun 启动”），"
+                       f"实际抛了 {type(exc).__name__}: {exc}", ENV)
+    require(False, "设置了 RANK 却缺 WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT 时应抛 RuntimeError，"
+                   f"实际没有报错（init_process_group 被调用了 {len(fake.calls)} 次）", ENV)
+
+
 def test_cleanup_without_process_group_is_a_no_op(impl):
     require(not dist.is_initialized(), "（测试前提）进程组不应已初始化", ENV)
     impl.cleanup_distributed()          # 不应抛异常
