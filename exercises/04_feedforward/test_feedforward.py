@@ -160,6 +160,16 @@ def test_default_width(impl, dim, multiple_of, expected):
             f"（期望 {want}）", WIDTH)
 
 
+@pytest.mark.parametrize("dim, expected", [(512, 1408), (100, 320)], ids=lambda v: str(v))
+def test_default_multiple_of_is_64(impl, dim, expected):
+    # 不传 multiple_of 时它是 64（与 minimind 相同）：FeedForward(512) 的隐层宽度 1408
+    ffn = impl.FeedForward(dim)
+    got = tuple(ffn.gate_proj.weight.shape) if hasattr(ffn, "gate_proj") else None
+    require(got == (expected, dim),
+            f"FeedForward({dim})（不传 hidden_dim、multiple_of）的隐层宽度应为 64·ceil(int(8·{dim}/3)/64) = {expected}"
+            f"（multiple_of 默认 64）：gate_proj.weight 期望 {(expected, dim)}，实际 {got}", WIDTH)
+
+
 @pytest.mark.parametrize("hidden", [1, 100, 1000], ids=lambda h: f"hidden={h}")
 def test_explicit_hidden_dim_is_used_as_given(impl, hidden):
     ffn = impl.FeedForward(24, hidden_dim=hidden)  # 100、1000 都不是 64 的倍数：不许再取整
