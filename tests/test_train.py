@@ -194,3 +194,15 @@ def test_cloze_candidates_have_the_answer_first_and_equal_length():
     assert cz["n"] == 10 and cz["chance"] == pytest.approx(1 / 3) and 0 <= cz["accuracy"] <= 1
     for ex in cz["examples"]:
         assert ex["candidates"][0] == ex["answer"] and len(set(map(len, ex["candidates"]))) == 1
+
+
+def test_bpe_tokenizer_spec_round_trips_and_counts_bytes():
+    text = "to be or not to be, that is the question — café " * 30
+    parts = kt.Parts("solutions", lambda m: None)
+    tok, spec = kt.build_tokenizer("bpe", text, 300, parts, lambda m: None)
+    again = kt.tokenizer_from_spec(json.loads(json.dumps(spec)))
+    ids = tok.encode(text)
+    assert again.encode(text) == ids and again.decode(ids) == text
+    tb = kt.token_bytes_of(tok, spec)
+    assert int(tb[torch.tensor(ids)].sum()) == len(text.encode("utf-8")), "每个 token 的字节数加起来应等于文本的字节数"
+    assert int(tb[0]) == len("<|endoftext|>".encode()) and len(ids) < len(text)
