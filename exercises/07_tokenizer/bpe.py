@@ -13,6 +13,7 @@ id 的约定（测试、实验和以后的模块都依赖它）：特殊 token �
 """
 from __future__ import annotations
 
+# 下面这些 import 你的实现会用到（json、os、tempfile：save/load；warnings：train_bpe；Counter：数词频）
 import functools
 import json
 import os

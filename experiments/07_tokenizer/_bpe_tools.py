@@ -8,7 +8,7 @@ from collections import Counter
 
 import torch
 
-from kata.experiment import ComponentNotImplemented, not_implemented_sentence
+from kata.experiment import ComponentNotImplemented, Experiment, not_implemented_sentence
 from kata.impl import REPO_ROOT
 
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -29,6 +29,15 @@ def load_bpe(exp):
             detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip(": ")
             raise ComponentNotImplemented(name, exp.impl, not_implemented_sentence(name, exp.impl, detail)) from exc
     return train_bpe, tok_cls
+
+
+class BPEExperiment(Experiment):
+    """模块 07 的实验基类：先试跑 --impl 的 BPE，再开始打印——还没实现时，输出只有那一句话。"""
+
+    def execute(self) -> dict:
+        if self.args is not None:
+            load_bpe(self)
+        return super().execute()
 
 
 def chinese_docs() -> tuple[str, list[str]]:

@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import math  # noqa: E402
 
-from _bpe_tools import TokenCorpus, cpu_seconds, load_bpe  # noqa: E402
-from kata.experiment import Experiment, fmt_mean_std, summarize  # noqa: E402
+from _bpe_tools import BPEExperiment, TokenCorpus, cpu_seconds, load_bpe  # noqa: E402
+from kata.experiment import fmt_mean_std, summarize  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
 from kata.tinylm import TinyLMConfig, build_tiny_lm, count_parameters, evaluate, train_lm  # noqa: E402
 
@@ -29,7 +29,7 @@ def embedding_share(vocab_size: int) -> float:
     return emb / (NON_EMBEDDING + emb)
 
 
-class VocabSize(Experiment):
+class VocabSize(BPEExperiment):
     name = "exp1_vocab_size"
     module = "07_tokenizer"
     title = "实验 1：词表大小 256 / 512 / 1024 / 2048 / 6400——压缩率、embedding 占比、bits per byte"
@@ -75,6 +75,10 @@ class VocabSize(Experiment):
                 params = count_parameters(model)
                 res = train_lm(model, data, steps=steps, batch_size=batch, seq_len=seq_len, lr=3e-3, seed=seed,
                                progress=self.progress, desc=f"vocab {v} seed {seed}", eval_iters=2)
+                if res.diverged:
+                    self.note(f"vocab {v}、种子 {seed} 的小模型在第 {res.diverged_at} 步发散（loss 变成 NaN / inf），记为 NaN。")
+                    bpbs.append(float("nan"))
+                    continue
                 loss = evaluate(model, data, seq_len=seq_len, batch_size=batch, iters=self.by_mode(smoke=2, quick=20, full=40))
                 bpbs.append(loss / math.log(2) / bpt)
             results[v] = {"bytes_per_token": bpt, "chars_per_token": len(val_text) / len(val_ids),
@@ -132,7 +136,7 @@ class VocabSize(Experiment):
                    "收益已经被抵消。" if gap > 2 * noise else "在种子波动之内：曲线到这里已经走平。")
                    if best != len(sizes) - 1 else "最大的词表就是最好的：在这个训练量下曲线还没有走平。"))
         else:
-            parts.append(f"bits per byte（只有 1 个种子，差别小于 0.05 的不要当真）："
+            parts.append("bits per byte（只有 1 个种子，差别小于 0.05 的不要当真）："
                          + "，".join(f"{v}: {m:.3f}" for v, m in zip(sizes, means))
                          + f"；最低的是 vocab {sizes[best]}。")
         improve = means[0] - means[best]

@@ -10,14 +10,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任�
 import kata.experiment  # noqa: E402,F401  最先导入：装好 Ctrl-C 的处理
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bpe_tools import HANZI, chinese_docs, cpu_seconds, load_bpe, sha256  # noqa: E402
-from kata.experiment import Experiment  # noqa: E402
+from _bpe_tools import BPEExperiment, HANZI, chinese_docs, cpu_seconds, load_bpe, sha256  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
 
 EXAMPLE = "分词器把文字切成 token，模型只认识 id。"
 
 
-class ChineseVsEnglish(Experiment):
+class ChineseVsEnglish(BPEExperiment):
     name = "exp2_chinese_vs_english"
     module = "07_tokenizer"
     title = "实验 2：英文训练的分词器 vs 中文训练的分词器——字符/token 与每个汉字的 token 数"

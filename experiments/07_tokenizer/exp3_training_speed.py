@@ -13,8 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import math  # noqa: E402
 
-from _bpe_tools import SPECIALS, cpu_seconds, load_bpe, naive_train_bpe  # noqa: E402
-from kata.experiment import Experiment  # noqa: E402
+from _bpe_tools import BPEExperiment, SPECIALS, cpu_seconds, load_bpe, naive_train_bpe  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
 
 
@@ -48,7 +47,7 @@ def slope(xs, ys) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / den if den else float("nan")
 
 
-class TrainingSpeed(Experiment):
+class TrainingSpeed(BPEExperiment):
     name = "exp3_training_speed"
     module = "07_tokenizer"
     title = "实验 3：BPE 训练速度——朴素重数 vs 你的 train_bpe vs HF tokenizers"
@@ -156,7 +155,7 @@ class TrainingSpeed(Experiment):
             parts.append("，并不比朴素写法快：看起来你用的就是每轮重数的写法（能通过测试，但大语料上会很慢，teaching.md §3）。")
         if "naive" in fits and "yours" in fits:
             parts.append(f"随语料增大，时间大约按 语料^{fits['naive']:.2f}（朴素）和 语料^{fits['yours']:.2f}（你的）增长。")
-        (sn, pn), (sy, py) = line["naive"], line["yours"]
+        (_, pn), (sy, py) = line["naive"], line["yours"]
         parts.append(f"固定语料、合并次数从 {merge_counts[0]} 加到 {merge_counts[-1]}：朴素写法每多一次合并多花 "
                      f"{pn * 1000:.1f} 毫秒，你的多花 {py * 1000:.2f} 毫秒"
                      + (f"（只有朴素的 {py / pn:.0%}）；你的时间主要花在一次性的预切分和初始计数上（约 {max(sy, 0):.2f} 秒）。"
