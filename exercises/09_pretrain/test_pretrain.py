@@ -457,37 +457,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(impl_name: str, out: Path, timeout: float = 90.0) -> list[dict]:
-    """像 torchrun 那样启动 2 个进程（各自的 RANK / LOCAL_RANK，共同的 MASTER_ADDR / MASTER_PORT）。"""
+def _launch(impl_name: str, out: Path, timeout: float = 300.0) -> list[dict]:
+    """像 torchrun 那样启动 2 个进程（各自的 RANK / LOCAL_RANK，共同的 MASTER_ADDR / MASTER_PORT）。
+
+    timeout 只是防止“一个进程永远在等另一个”的卡死（不是对速度的要求）：两份结果都写出来就不再等进程退出。
+    """
     port = _free_port()
-    procs = []
+    procs, logs = [], []
     for rank in range(2):
         env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
         env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
                    CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO_ROOT))
+        log = open(out / f"log_{rank}.txt", "wb")
+        logs.append(log)
         procs.append(subprocess.Popen([sys.executable, str(Path(W.__file__)), "--impl", impl_name, "--out", str(out)],
-                                      env=env, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+                                      env=env, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT))
     deadline = time.monotonic() + timeout
-    outputs = []
+    files = [out / f"result_{rank}.pt" for rank in range(2)]
     try:
+        while time.monotonic() < deadline:
+            if all(f.is_file() for f in files) or all(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.1)
+        else:
+            got = [f.name for f in files if f.is_file()]
+            pytest.fail(f"两个进程 {timeout:.0f} 秒内没有都写出结果（已停掉）：通常是一个进程在等另一个——"
+                        "比如只有一个进程调用了某个集合通信（all_reduce / DDP 的反向），或只有一个进程初始化了进程组。"
+                        f"已写出的结果 {got}", pytrace=False)
+    finally:
         for p in procs:
-            left = max(1.0, deadline - time.monotonic())
-            outputs.append(p.communicate(timeout=left)[0].decode(errors="replace"))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
-        got = [str(f.name) for f in out.glob("result_*.pt")]
-        pytest.fail(f"两个进程 {timeout:.0f} 秒内没有都结束（已停掉）：通常是一个进程在等另一个——"
-                    f"比如只有一个进程调用了某个集合通信（all_reduce / DDP 的反向），或只有一个进程初始化了进程组。"
-                    f"已写出的结果 {got}", pytrace=False)
+            try:
+                p.wait(timeout=max(1.0, min(20.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
     results = []
-    for rank in range(2):
-        f = out / f"result_{rank}.pt"
+    for rank, f in enumerate(files):
         if not f.is_file():
-            pytest.fail(f"rank {rank} 没有写出结果，进程输出：\n{outputs[rank][-2000:]}", pytrace=False)
+            text = (out / f"log_{rank}.txt").read_text(errors="replace")
+            pytest.fail(f"rank {rank} 没有写出结果，进程输出：\n{text[-2000:]}", pytrace=False)
         results.append(torch.load(f, weights_only=True))
     return results
 
