@@ -68,7 +68,7 @@ class ExpansionRatio(Experiment):
         corpus = self.load_corpus()
         unigram = unigram_baseline(corpus)
         seeds = self.seeds(full=3, quick=1, smoke=1)
-        steps = self.args.steps or self.by_mode(smoke=4, quick=100, full=240)
+        steps = self.args.steps or self.by_mode(smoke=4, quick=100, full=180)
         dim = self.by_mode(smoke=32, quick=self.args.dim, full=self.args.dim)
         layers = self.by_mode(smoke=1, quick=4, full=4)
         batch, seq_len = self.by_mode(smoke=(4, 32), quick=(32, 64), full=(32, 64))

@@ -132,7 +132,7 @@ class WithVsWithout(Experiment):
         depths = sorted(set(self.args.depths or self.by_mode(smoke=[2, 3], quick=[4, 16], full=[4, 8, 16])))
         if any(d < 1 for d in depths):
             raise UsageError("--depths 里的层数必须是正整数")
-        steps = self.args.steps or self.by_mode(smoke=3, quick=100, full=300)
+        steps = self.args.steps or self.by_mode(smoke=3, quick=100, full=240)
         dim = self.by_mode(smoke=32, quick=64, full=64)
         batch, seq_len = self.by_mode(smoke=(4, 32), quick=(16, 64), full=(16, 64))
         eval_every = max(1, steps // self.by_mode(smoke=1, quick=5, full=10))
