@@ -61,6 +61,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="不用 KV cache（每步把整段序列重算一遍，慢）")
+    p.add_argument("--window", type=int, default=None,
+                   help="上下文窗口（默认取训练时的 seq_len，见同目录的 train.json；0 = 不裁）")
     p.add_argument("--impl", default="exercises", choices=("exercises", "solutions"))
     args = p.parse_args(argv)
     try:
@@ -70,8 +72,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     sys.stdout.write(args.prompt)
     t0 = time.perf_counter()
+    train_json = Path(args.ckpt).parent / "train.json"
+    window = json.loads(train_json.read_text(encoding="utf-8")).get("seq_len") if train_json.is_file() else None
+    if args.window is not None:
+        window = args.window or None
     text = stream(model, tok, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                  top_k=args.top_k, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache,
+                  top_k=args.top_k, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache, window=window,
                   on_text=lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     dt = time.perf_counter() - t0
     print(f"\n（{len(tok.encode(text)) if text else 0} 个 token，{dt:.2f} 秒）", file=sys.stderr)

@@ -227,10 +227,12 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, ge
 @torch.no_grad()
 def stream(model, tok, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 0,
            top_p: float = 1.0, seed: int = 0, use_cache: bool = True, device="cpu", on_text=None,
-           eos_id: Optional[int] = None) -> str:
+           eos_id: Optional[int] = None, window: Optional[int] = None) -> str:
     """逐 token 生成；use_cache=True 时第一步喂整段提示词，之后每步只喂 1 个新 token（KV cache）。
 
     on_text(新增的文字) 在每个 token 之后被调用（流式打印）。返回生成的文字（不含提示词）。
+    window：模型训练时的序列长度。RoPE 没见过更远的位置，所以上下文满了以后只保留最近 window//2 个 token、
+    清空 cache 重新喂一遍（同 nanoGPT 把上下文裁到 block_size）；None = 不裁。
     """
     was = model.training
     model.eval()
@@ -241,12 +243,15 @@ def stream(model, tok, prompt: str, *, max_new_tokens: int = 200, temperature: f
     past, shown = None, ""
     try:
         for _ in range(max_new_tokens):
-            if len(ids) >= max_pos:
+            if window is None and len(ids) >= max_pos:
                 break
+            if window is not None and past is not None and past[0][0].shape[1] + 1 > window:
+                past = None                                 # 上下文满了：从最近的一半重新开始
             if use_cache and past is not None:
                 out = model(torch.tensor([ids[-1:]], device=device), past_key_values=past, use_cache=True)
             else:
-                out = model(torch.tensor([ids], device=device), use_cache=use_cache)
+                ctx = ids if window is None else ids[-(window // 2 if use_cache and len(ids) > window else window):]
+                out = model(torch.tensor([ctx], device=device), use_cache=use_cache)
             past = out.past_key_values if use_cache else None
             nxt = _pick(_logits(out)[0, -1], temperature, top_k, top_p, gen)
             ids.append(nxt)
@@ -474,6 +479,7 @@ def _train(args, model_kw, train, parts, rank, world, dist_device, say) -> int:
     if main_proc:
         _atomic_write_text(out / "config.json", json.dumps(config.to_dict(), ensure_ascii=False, indent=2))
         _atomic_write_text(out / "tokenizer.json", json.dumps(tok_spec, ensure_ascii=False))
+        _atomic_write_text(out / "train.json", json.dumps({"seq_len": T, **train, "preset": args.preset}))
     say(f"模型 {n_params / 1e6:.2f}M 参数（{_shape(config)}），{corpus.name} {len(text):,} 字符 → "
         f"{len(train_ids):,} / {len(val_ids):,} 个 token（训练 / 验证），{args.tokenizer} 分词，词表 {vocab}；"
         f"{world} 个进程 × batch {B} × seq {T}，{steps} 步，设备 {device}，{torch.get_num_threads()} 线程")
@@ -536,7 +542,7 @@ def _train(args, model_kw, train, parts, rank, world, dist_device, say) -> int:
                 history["val_bpb"].append(ev["bpb"])
                 if main_proc:
                     sample = stream(model, tok, "\n", max_new_tokens=min(80, train["sample_tokens"]), seed=0,
-                                    device=device).replace("\n", " ⏎ ")
+                                    device=device, window=T).replace("\n", " ⏎ ")
                     msg = f"第 {done} 步：val loss {ev['loss']:.4f}，bpb {ev['bpb']:.3f} ｜ 样本：{sample[:80]}"
                     (bar.write(msg) if bar is not None else say(msg))
                 eval_seconds += time.perf_counter() - t_ev
@@ -592,7 +598,7 @@ def _train(args, model_kw, train, parts, rank, world, dist_device, say) -> int:
         samples = {}
         for s in (0, 1, 2):
             samples[str(s)] = stream(model, tok, "ROMEO:" if args.data == "shakespeare" else "Once upon a time",
-                                     max_new_tokens=train["sample_tokens"], seed=s, device=device)
+                                     max_new_tokens=train["sample_tokens"], seed=s, device=device, window=T)
         results["samples"] = samples
         print("样本（seed 0）：\n" + samples["0"])
     _plot(history, out / "loss.png", f"kata train · {args.preset} · {n_params / 1e6:.2f}M params")

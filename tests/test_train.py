@@ -206,3 +206,19 @@ def test_bpe_tokenizer_spec_round_trips_and_counts_bytes():
     tb = kt.token_bytes_of(tok, spec)
     assert int(tb[torch.tensor(ids)].sum()) == len(text.encode("utf-8")), "每个 token 的字节数加起来应等于文本的字节数"
     assert int(tb[0]) == len("<|endoftext|>".encode()) and len(ids) < len(text)
+
+
+def test_stream_window_keeps_positions_inside_the_trained_length():
+    from kata.config import MiniMindConfig
+    from kata.data import CharTokenizer
+
+    tok = CharTokenizer(list("abcdefghij "))
+    torch.manual_seed(0)
+    cfg = MiniMindConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         vocab_size=11, max_position_embeddings=24)
+    model = resolve("06_transformer_block", "solutions").MiniMindForCausalLM(cfg)
+    for use_cache in (True, False):
+        text = kt.stream(model, tok, "abc", max_new_tokens=60, temperature=1.0, window=24, use_cache=use_cache)
+        assert len(text) == 60     # 超过 24 个位置也能继续生成：上下文被裁进窗口
+    with pytest.raises(ValueError):    # 没有窗口时，超过 RoPE 表的长度就是错误
+        model(torch.zeros(1, 30, dtype=torch.long))
