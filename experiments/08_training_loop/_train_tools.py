@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from kata import impl as kata_impl
-from kata.experiment import ComponentNotImplemented, not_implemented_sentence
+from kata.experiment import ComponentNotImplemented, Experiment, not_implemented_sentence
 from kata.tinylm import TinyLMConfig, build_tiny_lm, evaluate
 
 MODULE = "08_training_loop"
@@ -67,6 +67,17 @@ def pieces(exp, names) -> object:
     exp.record_provenance({MODULE: {"impl": exp.impl, "files": [exp._display_path(Path(f)) for f in ns._files
                                                                if not str(f).startswith("bug:")] or ns._files}})
     return ns
+
+
+class TrainingExperiment(Experiment):
+    """本模块实验的基类：先试跑 needs 里的部件，再开始打印——还没实现时，输出只有那一句话（退出码 2）。"""
+
+    needs: tuple = ()
+
+    def execute(self) -> dict:
+        if self.args is not None and self.needs:
+            pieces(self, self.needs)
+        return super().execute()
 
 
 def tiny_model(exp, corpus, *, dim: int, layers: int, seq_len: int, seed: int, **cfg_kw):

@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import math  # noqa: E402
 
-from _train_tools import pieces, tiny_model, train  # noqa: E402
-from kata.experiment import STUCK_MARGIN, Experiment, fmt_mean_std, summarize, unigram_baseline  # noqa: E402
+from _train_tools import TrainingExperiment, pieces, tiny_model, train  # noqa: E402
+from kata.experiment import STUCK_MARGIN, fmt_mean_std, summarize, unigram_baseline  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
 
 
@@ -26,13 +26,14 @@ def status(run: dict, unigram: float) -> str:
     return "ok"
 
 
-class LrAndWarmup(Experiment):
+class LrAndWarmup(TrainingExperiment):
     name = "exp1_lr_and_warmup"
     module = "08_training_loop"
     title = "实验 1：学习率扫描 × 有无 warmup（你的 AdamW + cosine_lr + train_step）"
     description = ("学习率从 1e-3 扫到 1e-1（完整模式到 3e-1），各跑一次无 warmup、一次 10% warmup；不裁剪梯度。\n"
                    "报告每个学习率的最终验证 loss、发散的步数，以及有/无 warmup 时最大的“稳定”学习率。")
     default_threads = 1
+    needs = ("cross_entropy", "AdamW", "cosine_lr", "train_step")
     nonnegative_args = ("warmup_frac",)
 
     def add_arguments(self, parser):
@@ -42,7 +43,7 @@ class LrAndWarmup(Experiment):
         parser.add_argument("--warmup-frac", type=float, default=0.1, help="warmup 占总步数的比例（默认 0.1）")
 
     def run(self):
-        ns = pieces(self, ("cross_entropy", "AdamW", "cosine_lr", "train_step"))
+        ns = pieces(self, self.needs)
         corpus = self.load_corpus()
         unigram = unigram_baseline(corpus)
         steps = self.args.steps or self.by_mode(smoke=4, quick=120, full=300)

@@ -14,20 +14,21 @@ import math  # noqa: E402
 
 import torch  # noqa: E402
 
-from _train_tools import pieces, tiny_model, train  # noqa: E402
-from kata.experiment import Experiment, describe_gap, fmt_mean_std, summarize  # noqa: E402
+from _train_tools import TrainingExperiment, pieces, tiny_model, train  # noqa: E402
+from kata.experiment import describe_gap, fmt_mean_std, summarize  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
 
 OPTIMIZERS = ("AdamW", "Adam+L2", "SGD+momentum")
 LR_GRID = {"AdamW": [3e-3, 1e-2, 3e-2], "Adam+L2": [3e-3, 1e-2, 3e-2], "SGD+momentum": [0.1, 0.3, 1.0]}
 
 
-class AdamWVsAdamL2(Experiment):
+class AdamWVsAdamL2(TrainingExperiment):
     name = "exp2_adamw_vs_adam_l2"
     module = "08_training_loop"
     title = "实验 2：AdamW（你的）vs Adam + L2 vs SGD + 动量，各自最好的学习率，≥3 个种子"
     description = "同一个 weight_decay，只换优化器；比较验证 loss 与训练中的权重范数。"
     default_threads = 1
+    needs = ("cross_entropy", "AdamW", "cosine_lr", "clip_grad_norm", "train_step")
 
     def add_arguments(self, parser):
         parser.add_argument("--steps", type=int, default=None, help="每次训练的更新次数（默认：快速 120，完整 300）")
@@ -41,7 +42,7 @@ class AdamWVsAdamL2(Experiment):
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
 
     def run(self):
-        ns = pieces(self, ("cross_entropy", "AdamW", "cosine_lr", "clip_grad_norm", "train_step"))
+        ns = pieces(self, self.needs)
         corpus = self.load_corpus()
         steps = self.args.steps or self.by_mode(smoke=4, quick=120, full=300)
         wd = self.args.weight_decay

@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import math  # noqa: E402
 import statistics  # noqa: E402
 
-from _train_tools import pieces, tiny_model, train  # noqa: E402
-from kata.experiment import Experiment, describe_gap, fmt_mean_std  # noqa: E402
+from _train_tools import TrainingExperiment, pieces, tiny_model, train  # noqa: E402
+from kata.experiment import describe_gap, fmt_mean_std  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
 
 SPIKE = 0.3    # nats：比前 10 步 loss 的中位数高出这么多就算一次尖峰
@@ -34,12 +34,13 @@ def pct(values, q):
     return v[min(len(v) - 1, int(q * (len(v) - 1) + 0.5))]
 
 
-class Clipping(Experiment):
+class Clipping(TrainingExperiment):
     name = "exp3_clipping"
     module = "08_training_loop"
     title = "实验 3：偏大学习率下的 loss 尖峰——不裁剪 vs 全局梯度裁剪（你的 clip_grad_norm）"
     description = "数尖峰、比较最终 loss，并画出训练中全局梯度范数的分布。"
     default_threads = 1
+    needs = ("cross_entropy", "AdamW", "cosine_lr", "clip_grad_norm", "train_step")
 
     def add_arguments(self, parser):
         parser.add_argument("--steps", type=int, default=None, help="更新次数（默认：快速 150，完整 300）")
@@ -47,7 +48,7 @@ class Clipping(Experiment):
         parser.add_argument("--max-grad-norm", type=float, default=1.0, help="裁剪阈值（默认 1.0，同 minimind）")
 
     def run(self):
-        ns = pieces(self, ("cross_entropy", "AdamW", "cosine_lr", "clip_grad_norm", "train_step"))
+        ns = pieces(self, self.needs)
         corpus = self.load_corpus()
         steps = self.args.steps or self.by_mode(smoke=12, quick=150, full=300)
         lr, clip = self.args.lr, self.args.max_grad_norm

@@ -16,8 +16,7 @@ import tempfile  # noqa: E402
 
 import torch  # noqa: E402
 
-from _train_tools import Run, flat_params, pieces, tiny_model, train  # noqa: E402
-from kata.experiment import Experiment  # noqa: E402
+from _train_tools import Run, flat_params, TrainingExperiment, pieces, tiny_model, train  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
 
 ACCUM = 4
@@ -35,20 +34,20 @@ class _Concat:
         return torch.cat(xs), torch.cat(ys)
 
 
-class AccumulationAndResume(Experiment):
+class AccumulationAndResume(TrainingExperiment):
     name = "exp4_accumulation_and_resume"
     module = "08_training_loop"
     title = "实验 4：4 × 累积 vs 大 batch；中断续训 vs 不中断（你的 train_step 与 checkpoint）"
     description = "两组对照：曲线应当重合；打印逐步的最大差。"
     default_threads = 1
+    needs = ("cross_entropy", "AdamW", "cosine_lr", "clip_grad_norm", "train_step", "save_checkpoint", "load_checkpoint")
 
     def add_arguments(self, parser):
         parser.add_argument("--steps", type=int, default=None, help="更新次数（默认：快速 60，完整 200）")
         parser.add_argument("--micro-batch", type=int, default=8, help="micro-batch 大小 k（默认 8；大 batch 是 4k）")
 
     def run(self):
-        ns = pieces(self, ("cross_entropy", "AdamW", "cosine_lr", "clip_grad_norm", "train_step",
-                           "save_checkpoint", "load_checkpoint"))
+        ns = pieces(self, self.needs)
         corpus = self.load_corpus()
         steps = self.args.steps or self.by_mode(smoke=4, quick=60, full=200)
         k = self.args.micro_batch
