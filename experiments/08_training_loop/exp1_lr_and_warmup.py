@@ -111,7 +111,7 @@ class LrAndWarmup(TrainingExperiment):
             s = best[wu]["largest_stable_lr"]
             txt = f"{name}：最好的学习率是 {lr:g}（验证 loss {loss:.3f}）" if lr is not None else f"{name}：全部发散"
             txt += f"，最大的稳定学习率是 {s:g}" if s is not None else "，没有一个学习率算得上稳定"
-            txt += (f"，发散的有 " + "、".join(f"lr={a:g}（第 {b} 步）" for a, b in div)) if div else "，没有发散"
+            txt += ("，发散的有 " + "、".join(f"lr={a:g}（第 {b} 步）" for a, b in div)) if div else "，没有发散"
             stuck = [lr for lr in lrs if any(status(r, unigram) == "stuck" for r in results[(wu, lr)])]
             if stuck:
                 txt += "，卡在字频水平的有 lr=" + "、".join(f"{a:g}" for a in stuck)

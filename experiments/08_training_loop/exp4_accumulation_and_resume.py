@@ -11,12 +11,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import math  # noqa: E402
 import tempfile  # noqa: E402
 
 import torch  # noqa: E402
 
-from _train_tools import Run, flat_params, TrainingExperiment, pieces, tiny_model, train  # noqa: E402
+from _train_tools import TrainingExperiment, flat_params, pieces, tiny_model, train  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
 
 ACCUM = 4
