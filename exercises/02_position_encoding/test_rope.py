@@ -432,7 +432,7 @@ YARN_EDGE_CASES = [  # (dim, rope_base, L, factor, beta_fast, beta_slow, 这一�
 
 
 @pytest.mark.parametrize("dim,base,orig,factor,beta_fast,beta_slow,why", YARN_EDGE_CASES,
-                         ids=[c[-1] for c in YARN_EDGE_CASES])
+                         ids=["clamp_low_and_high", "clamp_high", "clamp_low", "betas_8_2", "betas_16_0.5", "degenerate_ramp"])
 def test_yarn_ramp_bounds_clamped_and_betas_used(impl, dim, base, orig, factor, beta_fast, beta_slow, why):
     lo, hi = _yarn_bounds_unclamped(dim, base, orig, beta_fast, beta_slow)
     if "截断" in why:  # 测试自检：这一组确实让截断起作用
