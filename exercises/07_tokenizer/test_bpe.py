@@ -515,6 +515,16 @@ def test_special_tokens_map_to_their_ids(impl):
     require(tok.decode(ids) == text, f"夹着特殊 token 的文本应能原样解码回来，实际 {tok.decode(ids)!r}", SPECIAL)
 
 
+
+def test_longer_special_token_wins_when_one_is_a_prefix_of_another(impl):
+    specials = ("<|im|>", "<|im|>_end")  # 一个是另一个的前缀：应先匹配长的
+    vocab, merges = _train(impl, SMALL, 270, specials)
+    tok = impl.BPETokenizer(vocab, merges, special_tokens=specials)
+    run = lambda ns: ns.BPETokenizer(*_train(ns, SMALL, 270, specials), special_tokens=specials).encode("a<|im|>_end")  # noqa: E731
+    require_equal(tok.encode("a<|im|>_end")[-1:], [1],
+                  what="特殊 token ('<|im|>', '<|im|>_end') 时 encode('a<|im|>_end') 的最后一个 id：应是 1（整个 '<|im|>_end'）",
+                  section=SPECIAL, run=lambda ns: run(ns)[-1:])
+
 def test_merges_never_cross_word_boundaries(impl):
     text = _shakespeare()[:30_000]
     vocab, merges = _train(impl, text, 600)
