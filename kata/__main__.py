@@ -352,6 +352,15 @@ def _speak_chinese(parser):
     return parser
 
 
+# Tier 3 的主任务：各自是一个带 main(argv) 的模块，参数原样交给它（它们有自己的 --help）
+JOBS = {
+    "train": ("kata.train", "预训练你的 MiniMind（模块 09；torchrun --nproc_per_node=N -m kata.train 可多进程）"),
+    "generate": ("kata.generate", "用检查点续写一段文字（KV cache，流式输出）"),
+    "sft": ("kata.sft", "在预训练检查点上做监督微调（模块 10）"),
+    "chat": ("kata.chat", "在终端里和你微调过的模型聊天"),
+}
+
+
 def build_parser():
     from kata.experiment import _chinese_parser  # 与实验脚本共用同一个中文参数解析器
 
@@ -363,7 +372,8 @@ def build_parser():
     parser = _speak_chinese(_chinese_parser(
         prog="python -m kata", description="minimind-kata 学习进度与快速体验",
         epilog="例如：python -m kata status；python -m kata check 01；python -m kata hint 01"))
-    sub = parser.add_subparsers(dest="command", title="命令", metavar="{status,check,hint,quickstart}",
+    sub = parser.add_subparsers(dest="command", title="命令",
+                                metavar="{status,check,hint,quickstart," + ",".join(JOBS) + "}",
                                 parser_class=sub_parser)
     p = sub.add_parser("status", help="每个模块的进度与下一步（文件没变的模块直接用上次的结果）")
     p.add_argument("--fresh", action="store_true", help="不用缓存，全部重跑")
@@ -381,12 +391,18 @@ def build_parser():
     p = sub.add_parser("quickstart", help="运行课程 README 的“30 分钟快速体验”实验")
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_quickstart)
+    for name, (_module, text) in JOBS.items():   # 只为了出现在 --help 里；真正的参数由各自的模块解析
+        sub.add_parser(name, help=text + f"（参数见 python -m kata {name} --help）")
     return parser
 
 
 def _main(argv) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in JOBS:
+        import importlib
+
+        return importlib.import_module(JOBS[argv[0]][0]).main(argv[1:])
     if not argv:
         parser.print_help()
         print("\n参数错误：缺少要运行的命令。先试试 python -m kata status", file=sys.stderr)

@@ -215,3 +215,17 @@ def test_quickstart_with_a_missing_tool_does_not_call_the_learner_unfinished(mon
     assert ran and all("solutions" in cmd for cmd in ran)
     assert "没法检查你的 01_normalization" in out and "这不是你的代码的问题" in out and "-m pip install -e" in out
     assert "还没完成" not in out and "0/0" not in out
+
+
+def test_tier3_jobs_are_dispatched_with_their_own_arguments(monkeypatch):
+    """python -m kata train/generate/sft/chat 把其余参数原样交给各自模块的 main。"""
+    import importlib
+    from kata import __main__ as cli
+
+    seen = {}
+    for name, (modname, _text) in cli.JOBS.items():
+        mod = importlib.import_module(modname)
+        monkeypatch.setattr(mod, "main", lambda argv, _n=name: seen.setdefault(_n, list(argv)) and 7)
+    for name in cli.JOBS:
+        assert cli.main([name, "--steps", "3", "--x"]) == 7
+    assert seen == {n: ["--steps", "3", "--x"] for n in cli.JOBS}

@@ -82,6 +82,7 @@ def test_bug_bank_is_big_enough(live_module):
         assert b.description and set(b.overrides) <= set(live_module.public_names), b.name
 
 
+@pytest.mark.timeout(900)  # 09 的 bug bank 里有真实的双进程训练；机器忙时单个模块也要几分钟
 def test_every_bug_fails_the_module_tests(live_module):
     # 一个子进程、默认（learner）hypothesis 配置档：学习者拿到的测试强度就足以抓住每个错误
     per_bug = run_bug_bank(live_module)
