@@ -46,6 +46,12 @@ seeds = st.integers(0, 2**31 - 1)
 no_shrink = settings(phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target])
 
 
+
+def _diagnose(impl, run) -> dict:
+    """失败时拿 bug bank 逐个比对（“你的输出与『…』一致”）所需的参数。被测的本身就是 bug bank 里的错误实现时
+    （--bug-bank 自检）不做这一步：自检只需要证明测试会失败，而每次比对要把几十个错误实现各跑一遍。"""
+    return {} if str(getattr(impl, "_impl", "")).startswith("bug:") else dict(module=MODULE, run=run)
+
 def _cfg(hidden=32, heads=4, kv=2, qk_norm=False, **kw) -> MiniMindConfig:
     return MiniMindConfig(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=heads,
                           num_key_value_heads=kv, vocab_size=50, max_position_embeddings=64, qk_norm=qk_norm, **kw)
@@ -221,8 +227,8 @@ def test_block_equals_formula_of_its_own_submodules(impl, seed, variant, b, s):
         expected = h + block.mlp(block.post_attention_layernorm(h))
     assert_close(out.detach(), expected, **EXACT,
                  what="块的输出应等于 x + a + mlp(post_attention_layernorm(x + a))，a = self_attn(input_layernorm(x))"
-                      "（用你自己的子模块按公式算）", section=BLOCK, module=MODULE,
-                 run=lambda ns: _block_runner(x, pe, cfg, seed)(ns).detach())
+                      "（用你自己的子模块按公式算）", section=BLOCK,
+                 **_diagnose(impl, lambda ns: _block_runner(x, pe, cfg, seed)(ns).detach()))
 
 
 def test_zeroed_sublayers_make_the_block_identity(impl):
@@ -262,7 +268,7 @@ def test_block_matches_reference_solution(impl, seed, variant, b, s):
         out, expected, mine=mine, reference=ref, probe=lambda m: m(x, pe)[0], **TOL,
         what=f"与参考实现对比（同一份权重；hidden={hidden}，{heads} 个头 / {kv} 个 KV 头，"
              f"qk_norm={qk}，x 形状 {tuple(x.shape)}）",
-        section=BLOCK, module=MODULE, run=_block_runner(x, pe, cfg, seed))
+        section=BLOCK, **_diagnose(impl, _block_runner(x, pe, cfg, seed)))
 
 
 # ---------------------------------------------------------------- 4. 性质
@@ -282,7 +288,7 @@ def test_block_is_causal(impl, seed, variant, s):
         a, b = block(x, pe)[0], block(x2, pe)[0]
     assert_close(b[:, :t], a[:, :t], **EXACT,
                  what=f"把位置 {t} 及以后的输入换掉之后，位置 0…{t - 1} 的输出（因果：过去看不到未来）",
-                 section=BLOCK, module=MODULE, run=lambda ns: _block_runner(x2, pe, cfg, seed)(ns)[:, :t].detach())
+                 section=BLOCK, **_diagnose(impl, lambda ns: _block_runner(x2, pe, cfg, seed)(ns)[:, :t].detach()))
 
 
 @pytest.mark.parametrize("prefix", [1, 4], ids=["prefix1", "prefix4"])

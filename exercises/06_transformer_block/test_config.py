@@ -63,6 +63,12 @@ FIELD_CASES = {
 EQUIVALENT_FIELDS = {"flash_attn"}   # 改了它，输出应当**不变**
 
 
+
+def _diagnose(impl, run) -> dict:
+    """失败时拿 bug bank 逐个比对（“你的输出与『…』一致”）所需的参数。被测的本身就是 bug bank 里的错误实现时
+    （--bug-bank 自检）不做这一步：自检只需要证明测试会失败，而每次比对要把几十个错误实现各跑一遍。"""
+    return {} if str(getattr(impl, "_impl", "")).startswith("bug:") else dict(module=MODULE, run=run)
+
 def _cfg(**kw) -> MiniMindConfig:
     return MiniMindConfig(**{**BASE, **kw})
 
@@ -113,22 +119,46 @@ def _show(cfg) -> str:
 
 # ---------------------------------------------------------------- 1. 一类一类地查：每个字段
 
-def _fingerprint(model, ids) -> dict:
-    """模型一切“看得见”的东西：state_dict 的形状、独立参数个数、buffer 的形状与数值、eval / train 下的 logits。"""
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
-    unique = sum(p.numel() for p in model.parameters())      # parameters() 对共享的参数只数一次
+IDS = _ids(2, 24, BASE["vocab_size"], 3)   # 所有配置共用的输入（词表只会变大，不会越界）
+_CACHE: dict = {}
+
+
+def _cached(key, compute):
+    """同一个实现、同一个基准配置只算一次（每个字段的测试都要和它比）。"""
+    if key not in _CACHE:
+        _CACHE[key] = compute()
+    return _CACHE[key]
+
+
+def _built(impl, cfg):
+    model = impl.MiniMindForCausalLM(cfg)
+    _randomize_by_name(model, 7)
+    return model
+
+
+def _logits(model, train: bool):
     with torch.no_grad():
+        model.train(train)
+        if train:
+            torch.manual_seed(1234)
+        out = model(IDS).logits.detach()
         model.eval()
-        eval_logits = model(ids).logits.detach()
-        model.train()
-        torch.manual_seed(1234)
-        train_logits = model(ids).logits.detach()
-        model.eval()
-    return dict(shapes=shapes, buffers=buffers, unique=unique, eval=eval_logits, train=train_logits)
+    return out
 
 
-def _differences(a: dict, b: dict) -> list[str]:
+def _structure(model) -> dict:
+    return dict(shapes={k: tuple(v.shape) for k, v in model.state_dict().items()},
+                unique=sum(p.numel() for p in model.parameters()),   # parameters() 对共享的参数只数一次
+                buffers={k: v.detach().clone() for k, v in model.named_buffers()})
+
+
+def _differences(impl, base, alt) -> list[str]:
+    """两个配置建出来的模型有哪些“看得见”的不同：state_dict 的形状、独立参数个数、RoPE 表、eval / train 下的 logits。
+    （便宜的先比；基准模型对每个字段都一样，只建一次。）"""
+    key = (impl._impl, repr(base))
+    m0 = _cached(("model",) + key, lambda: _built(impl, base))
+    m1 = _built(impl, alt)
+    a, b = _cached(("structure",) + key, lambda: _structure(m0)), _structure(m1)
     out = []
     if a["shapes"] != b["shapes"]:
         out.append("state_dict 的形状")
@@ -139,8 +169,11 @@ def _differences(a: dict, b: dict) -> list[str]:
             or float((a["buffers"][k].double() - b["buffers"][k].double()).abs().max()) > CHANGED
             for k in a["buffers"] if k in b["buffers"]):
         out.append("RoPE 表（buffer）")
-    for key, what in (("eval", "eval() 下的 logits"), ("train", "train() 下（同一个随机种子）的 logits")):
-        if a[key].shape != b[key].shape or float((a[key].double() - b[key].double()).abs().max()) > CHANGED:
+    if out:
+        return out
+    for train, what in ((False, "eval() 下的 logits"), (True, "train() 下（同一个随机种子）的 logits")):
+        x, y = _cached(("logits", train) + key, lambda: _logits(m0, train)), _logits(m1, train)
+        if x.shape != y.shape or float((x.double() - y.double()).abs().max()) > CHANGED:
             out.append(what)
     return out
 
@@ -157,13 +190,7 @@ def test_changing_one_config_field_changes_the_model(impl, field):
     value, extra, consumer = FIELD_CASES[field]
     base = _cfg(**extra)
     alt = dataclasses.replace(base, **{field: value})
-    ids = _ids(2, 24, min(base.vocab_size, alt.vocab_size), 3)
-    prints = []
-    for cfg in (base, alt):
-        model = impl.MiniMindForCausalLM(cfg)
-        _randomize_by_name(model, 7)
-        prints.append(_fingerprint(model, ids))
-    diffs = _differences(*prints)
+    diffs = _differences(impl, base, alt)
     before, after = getattr(base, field), value
     if field in EQUIVALENT_FIELDS:
         changed = [d for d in diffs if "logits" in d]
@@ -180,9 +207,21 @@ def test_changing_one_config_field_changes_the_model(impl, field):
 @pytest.mark.parametrize("field", sorted(FIELD_CASES))
 def test_non_default_config_matches_reference(impl, field):
     value, extra, consumer = FIELD_CASES[field]
-    cfg = dataclasses.replace(_cfg(**extra), **{field: value})
+    base = _cfg(**extra)
+    cfg = dataclasses.replace(base, **{field: value})
+    ids = IDS
+    # 先修这一条：默认取值下就已经与参考实现不同时，逐层比对请看 test_model.py——这里只查“改了这个字段之后”
+
+    def base_matches():
+        base_mine, base_ref = _pair(impl, base, 11)
+        with torch.no_grad():
+            return torch.allclose(base_mine(ids).logits, base_ref(ids).logits, **TOL)
+
+    base_ok = _cached(("base_matches", impl._impl, repr(base)), base_matches)
+    require(base_ok, f"在 config.{field} 还是 {getattr(base, field)!r}（其余字段也相同）时，你的模型就已经与参考实现不同："
+                     "先修 test_model.py::test_model_matches_reference_layer_by_layer（那里有逐层比对），"
+                     f"这个测试只检查把 {field} 改成 {value!r} 之后的差别", MODEL)
     mine, ref = _pair(impl, cfg, 11)
-    ids = _ids(2, 24, cfg.vocab_size, 11)
     with torch.no_grad():
         got, want = mine(ids).logits, ref(ids).logits
 
@@ -195,7 +234,7 @@ def test_non_default_config_matches_reference(impl, field):
         got, want, mine=mine, reference=ref, probe=lambda m: m(ids).logits, **TOL,
         what=f"非默认配置 {_show(cfg)} 下的 logits 与参考实现对比（同一份权重；config.{field} 应送到：{consumer}。"
              f"逐层比对点名某个子模块时，先看建它的时候 config.{field} 有没有传进去）",
-        section=MODEL, module=MODULE, run=run)
+        section=MODEL, **_diagnose(impl, run))
 
 
 # ---------------------------------------------------------------- 2. 点名使用者：RoPE 表
