@@ -473,8 +473,13 @@ def test_yarn_matches_independent_formula(impl, dim, base, orig, factor, betas):
 def test_yarn_missing_keys_use_minimind_defaults(impl):
     # rope_scaling 里没写的键用 minimind 的默认值：L=2048、factor=16、beta_fast=32、beta_slow=1、attention_factor=1
     dim, base, end = 16, 1e4, 2049
-    partial = {"beta_slow": 1.0}
     full = dict(original_max_position_embeddings=2048, factor=16, beta_fast=32.0, beta_slow=1.0, attention_factor=1.0)
+    for only in ({"attention_factor": 1.0}, {"factor": 16}):  # 第二个字典缺 beta_slow 和 attention_factor
+        alone = torch.stack(_tables(impl, dim, end, base=base, rope_scaling=only, section=YARN))
+        assert_close(alone, torch.stack(_tables(impl, dim, end, base=base, rope_scaling=full, section=YARN)),
+                     atol=1e-6, rtol=0, what=f"rope_scaling={only}（其余键缺省）与写全了默认值的 {full} 应给出同一张表",
+                     section=YARN)
+    partial = {"beta_slow": 1.0}
     got = torch.stack(_tables(impl, dim, end, base=base, rope_scaling=partial, section=YARN))
     want = torch.stack(_tables(impl, dim, end, base=base, rope_scaling=full, section=YARN))
     theta = _theta64(dim, base)
