@@ -31,9 +31,8 @@ import urllib.request
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Optional, Union
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -624,76 +623,10 @@ def synthetic_text(n_chars: int = 1_000_000, seed: int = 0) -> str:
 # 字符级分词
 # ---------------------------------------------------------------------------------------------
 
-class CharTokenizer:
-    """字符级分词器：每个字符一个 id（nanoGPT shakespeare_char 的做法）。"""
+# 字符级分词器与 07 的 BPETokenizer 同一套接口（encode / decode / save / load / vocab_size），住在 kata.tokenizer；
+# 这里重新导出，老代码 `from kata.data import CharTokenizer` 照常可用。
+from kata.tokenizer import CharTokenizer  # noqa: E402
 
-    def __init__(self, chars: Iterable[str]):
-        chars = list(chars)
-        if any(not isinstance(c, str) or len(c) != 1 for c in chars) or len(set(chars)) != len(chars):
-            raise ValueError("CharTokenizer 需要一组互不相同的单个字符")
-        self.chars = chars
-        self.stoi = {c: i for i, c in enumerate(chars)}
-        self.itos = {i: c for i, c in enumerate(chars)}
-        order = sorted(range(len(chars)), key=lambda i: chars[i])
-        self._sorted_codes = np.array([ord(chars[i]) for i in order], dtype=np.int64)
-        self._sorted_ids = np.array(order, dtype=np.int64)
-
-    @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
-        """词表 = 文本里出现过的字符，按码位排序。"""
-        return cls(sorted(set(text)))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    def __repr__(self) -> str:
-        return f"CharTokenizer(vocab_size={self.vocab_size})"
-
-    def _unknown(self, text: str, pos: int) -> ValueError:
-        return ValueError(f"字符 {text[pos]!r}（位置 {pos}）不在词表里（词表共 {self.vocab_size} 个字符）")
-
-    def encode(self, text: str) -> list[int]:
-        try:
-            return [self.stoi[c] for c in text]
-        except KeyError:
-            pos = next(i for i, c in enumerate(text) if c not in self.stoi)
-            raise self._unknown(text, pos) from None
-
-    def encode_tensor(self, text: str) -> torch.Tensor:
-        """同 encode，但直接返回 int64 一维张量（用 numpy 向量化，长文本也快）。"""
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4").astype(np.int64)
-        if len(self._sorted_codes) == 0:
-            if len(codes):
-                raise self._unknown(text, 0)
-            return torch.zeros(0, dtype=torch.long)
-        pos = np.clip(np.searchsorted(self._sorted_codes, codes), 0, len(self._sorted_codes) - 1)
-        bad = np.nonzero(self._sorted_codes[pos] != codes)[0]
-        if len(bad):
-            raise self._unknown(text, int(bad[0]))
-        return torch.from_numpy(self._sorted_ids[pos])
-
-    def decode(self, ids) -> str:
-        """ids：list / tuple / 一维张量 / 一维 numpy 数组。"""
-        if isinstance(ids, (torch.Tensor, np.ndarray)):
-            if ids.ndim != 1:
-                raise ValueError(f"decode 需要一维的 id 序列，实际形状 {tuple(ids.shape)}")
-            ids = ids.tolist()
-        out = []
-        for i in ids:
-            try:
-                out.append(self.itos[int(i)])
-            except (KeyError, TypeError, ValueError):
-                raise ValueError(f"id {i!r} 不在词表里（应为 0..{self.vocab_size - 1} 的整数）") from None
-        return "".join(out)
-
-
-# ---------------------------------------------------------------------------------------------
-# Corpus
-# ---------------------------------------------------------------------------------------------
 
 def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
