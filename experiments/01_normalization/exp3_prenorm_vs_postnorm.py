@@ -177,7 +177,7 @@ class PreVsPostNorm(Experiment):
         depths = sorted(set(depths))
         if len(depths) < 2:
             raise UsageError("--depths 至少要给两个不同的层数，例如 --depths 6 12")
-        steps = self.args.steps or self.by_mode(smoke=3, quick=64, full=120)
+        steps = self.args.steps or self.by_mode(smoke=3, quick=64, full=96)
         dim = self.by_mode(smoke=32, quick=64, full=64)
         batch, seq_len = self.by_mode(smoke=(4, 32), quick=(32, 64), full=(32, 64))
         eval_every = max(1, steps // self.by_mode(smoke=1, quick=10, full=10))

@@ -174,7 +174,7 @@ class DepthScaling(Experiment):
         if len(depths) < 2 or any(d < 1 for d in depths):
             raise UsageError("--depths 至少要给两个不同的正整数层数，例如 --depths 1 4")
         seeds = self.seeds(full=3, quick=1, smoke=1)
-        steps = self.args.steps or self.by_mode(smoke=3, quick=300, full=300)
+        steps = self.args.steps or self.by_mode(smoke=3, quick=300, full=240)
         dim = self.by_mode(smoke=32, quick=64, full=64)
         batch, seq_len = self.by_mode(smoke=(4, 32), quick=(16, 64), full=(16, 64))
         eval_every = max(1, steps // self.by_mode(smoke=1, quick=6, full=6))
