@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 
 import math  # noqa: E402
 
@@ -28,6 +29,8 @@ def status(run: dict, unigram: float) -> str:
 
 class LrAndWarmup(TrainingExperiment):
     name = "exp1_lr_and_warmup"
+    can_use_synthetic = True  # 拿不到 TinyShakespeare 时可以改用合成语料
+    synthetic_reason = "它比较的是学习率与 warmup 对训练稳定性的影响（能不能收敛、在哪一步发散），这是优化层面的现象，不依赖语料是不是真实英文"
     module = "08_training_loop"
     title = "实验 1：学习率扫描 × 有无 warmup（你的 AdamW + cosine_lr + train_step）"
     description = ("学习率从 1e-3 扫到 1e-1（完整模式到 3e-1），各跑一次无 warmup、一次 10% warmup；不裁剪梯度。\n"

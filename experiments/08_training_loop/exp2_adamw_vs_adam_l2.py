@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 
 import math  # noqa: E402
 
@@ -24,6 +25,8 @@ LR_GRID = {"AdamW": [3e-3, 1e-2, 3e-2], "Adam+L2": [3e-3, 1e-2, 3e-2], "SGD+mome
 
 class AdamWVsAdamL2(TrainingExperiment):
     name = "exp2_adamw_vs_adam_l2"
+    can_use_synthetic = True  # 拿不到 TinyShakespeare 时可以改用合成语料
+    synthetic_reason = "它比较的是三种优化器把同一个模型训到多低、权重范数怎么变，这是优化层面的现象，不依赖语料是不是真实英文"
     module = "08_training_loop"
     title = "实验 2：AdamW（你的）vs Adam + L2 vs SGD + 动量，各自最好的学习率，≥3 个种子"
     description = "同一个 weight_decay，只换优化器；比较验证 loss 与训练中的权重范数。"

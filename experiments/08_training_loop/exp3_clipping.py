@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 
 import math  # noqa: E402
 import statistics  # noqa: E402
@@ -36,6 +37,8 @@ def pct(values, q):
 
 class Clipping(TrainingExperiment):
     name = "exp3_clipping"
+    can_use_synthetic = True  # 拿不到 TinyShakespeare 时可以改用合成语料
+    synthetic_reason = "它数的是高学习率下的 loss 尖峰与梯度范数的分布，这是优化层面的现象，不依赖语料是不是真实英文"
     module = "08_training_loop"
     title = "实验 3：偏大学习率下的 loss 尖峰——不裁剪 vs 全局梯度裁剪（你的 clip_grad_norm）"
     description = "数尖峰、比较最终 loss，并画出训练中全局梯度范数的分布。"

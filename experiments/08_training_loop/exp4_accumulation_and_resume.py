@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # 让脚本从任何目录都能 import kata
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的处理，import torch 途中按 Ctrl-C 也只打印“已中断”
 
 import tempfile  # noqa: E402
 
@@ -35,6 +36,8 @@ class _Concat:
 
 class AccumulationAndResume(TrainingExperiment):
     name = "exp4_accumulation_and_resume"
+    can_use_synthetic = True  # 拿不到 TinyShakespeare 时可以改用合成语料
+    synthetic_reason = "它检验梯度累积与断点续训在数值上是否等价，任何确定的语料都一样能检验"
     module = "08_training_loop"
     title = "实验 4：4 × 累积 vs 大 batch；中断续训 vs 不中断（你的 train_step 与 checkpoint）"
     description = "两组对照：曲线应当重合；打印逐步的最大差。"
