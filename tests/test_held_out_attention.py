@@ -46,7 +46,7 @@ class Attention(nn.Module):
     def __init__(self, dim, n_heads, n_kv_heads=None, dropout=0.0, qk_norm=False, eps=1e-5):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        if dim % n_heads or n_heads % n_kv_heads:
+        if n_heads <= 0 or n_kv_heads <= 0 or dim % n_heads or n_heads % n_kv_heads:
             raise ValueError("bad head counts")
         self.n_heads, self.n_kv_heads, self.n_rep = n_heads, n_kv_heads, n_heads // n_kv_heads
         self.head_dim = dim // n_heads
