@@ -222,7 +222,9 @@ def _check_labels(impl, conv, tok, max_length, expected_ids, expected_labels, wh
 
 texts = st.text(alphabet=st.sampled_from(CHARS), max_size=10)
 tricky = st.sampled_from(["assistant\n", "user\n", "<|im_end", "im_end|>\n", "\n\n", "<|", "|>", " "])
-contents = st.lists(st.one_of(texts, tricky), max_size=3).map("".join)
+# 拼接可能恰好拼出特殊 token 的字面文本（"<|im_end" + "|>"）：那是模板明确拒绝的输入（另有测试），这里排除掉
+contents = st.lists(st.one_of(texts, tricky), max_size=3).map("".join).filter(
+    lambda s: not any(t in s for t in SPECIALS))
 
 
 @st.composite
