@@ -401,6 +401,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     code = 0
     try:
         code = _train(args, model_kw, train, parts, rank, world, dist_device, say)
+        if world > 1:
+            # rank 0 最后还要在整个验证集上评估、写文件；其余 rank 先在这里等它，再一起拆掉进程组——
+            # 一个 rank 先 destroy_process_group 而另一个还在用 gloo 时，先走的那个偶尔会 abort（机器忙时 CI 里见过）
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
     finally:
         parts.say = lambda m: None
         try:
