@@ -46,17 +46,6 @@ INTERRUPTED = "已中断：当前的权重已保存到 {path}（可以直接用 
 # 模型与分词器
 # ---------------------------------------------------------------------------------------------
 
-def tokenizer_from_spec(spec: dict):
-    """kata.train 的 tokenizer.json；字符级且带 special_tokens 时用 kata.tokenizer.CharTokenizer（特殊 token 排在字符后）。"""
-    if spec.get("type") == "char" and spec.get("special_tokens"):
-        from kata.tokenizer import CharTokenizer
-
-        return CharTokenizer(spec["chars"], special_tokens=spec["special_tokens"])
-    from kata.train import tokenizer_from_spec as base
-
-    return base(spec)
-
-
 def has_specials(tok) -> bool:
     try:
         return all(len(tok.encode(s)) == 1 for s in SPECIAL_TOKENS)
@@ -69,9 +58,9 @@ def load(ckpt, impl: str = "exercises", device: str = "cpu", say=print):
     from kata.generate import load_model
 
     ckpt = Path(ckpt)
-    model, _, config = load_model(ckpt, impl, device)
+    model, tok, config = load_model(ckpt, impl, device)   # 分词器由 kata.train.tokenizer_from_spec 建（含特殊 token）
     spec = json.loads((ckpt.parent / "tokenizer.json").read_text(encoding="utf-8"))
-    return model, tokenizer_from_spec(spec), config, spec
+    return model, tok, config, spec
 
 
 def _model_class(impl: str, say):

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from kata.config import MiniMindConfig
 from kata.impl import REPO_ROOT, resolve
@@ -93,12 +92,6 @@ class Parts:
 # 分词器与数据
 # ---------------------------------------------------------------------------------------------
 
-def _char_tokenizer(chars):
-    from kata.data import CharTokenizer
-
-    return CharTokenizer(chars)
-
-
 def build_tokenizer(kind: str, text: str, vocab_size: int, parts: Parts, say):
     if kind == "char":
         from kata.data import CharTokenizer
@@ -121,8 +114,11 @@ def build_tokenizer(kind: str, text: str, vocab_size: int, parts: Parts, say):
 
 
 def tokenizer_from_spec(spec: dict):
+    """tokenizer.json（kata train / kata sft 写的）→ 分词器。字符级的 SFT 检查点带着 special_tokens（排在字符后面）。"""
     if spec["type"] == "char":
-        return _char_tokenizer(spec["chars"])
+        from kata.tokenizer import CharTokenizer
+
+        return CharTokenizer(spec["chars"], special_tokens=spec.get("special_tokens") or ())
     vocab = {int(i): bytes.fromhex(h) for i, h in spec["vocab"].items()}
     merges = [(bytes.fromhex(a), bytes.fromhex(b)) for a, b in spec["merges"]]
     return resolve("07_tokenizer", "solutions").BPETokenizer(vocab, merges, spec["special_tokens"])

@@ -222,3 +222,12 @@ def test_stream_window_keeps_positions_inside_the_trained_length():
         assert len(text) == 60     # 超过 24 个位置也能继续生成：上下文被裁进窗口
     with pytest.raises(ValueError):    # 没有窗口时，超过 RoPE 表的长度就是错误
         model(torch.zeros(1, 30, dtype=torch.long))
+
+
+def test_char_tokenizer_spec_keeps_special_tokens():
+    """SFT 检查点的 tokenizer.json（字符级 + 特殊 token）读回来时特殊 token 还在，kata generate / chat 用的是同一个。"""
+    spec = {"type": "char", "chars": list("ab\n"), "special_tokens": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]}
+    tok = kt.tokenizer_from_spec(spec)
+    ids = tok.encode("a<|im_end|>b")
+    assert ids == [0, 5, 1] and tok.decode(ids) == "a<|im_end|>b"
+    assert kt.tokenizer_from_spec({"type": "char", "chars": list("ab")}).encode("ba") == [1, 0]
