@@ -409,6 +409,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parts.call("09_pretrain", "cleanup_distributed")
         except Exception:  # noqa: BLE001
             pass
+    if world > 1:
+        # torchrun 下的每个 rank：结果已经原子写完、进程组已拆掉。直接结束进程，跳过解释器的收尾——
+        # gloo 的后台线程在 C++ 静态对象析构时偶尔触发 std::terminate（CI 里见过 “terminate called without an
+        # active exception”，torchrun 于是把整次运行报成失败）。
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 
