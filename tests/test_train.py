@@ -231,3 +231,34 @@ def test_char_tokenizer_spec_keeps_special_tokens():
     ids = tok.encode("a<|im_end|>b")
     assert ids == [0, 5, 1] and tok.decode(ids) == "a<|im_end|>b"
     assert kt.tokenizer_from_spec({"type": "char", "chars": list("ab")}).encode("ba") == [1, 0]
+
+
+def test_tinystories_subset_from_the_data_dir_trains_and_is_recorded(tmp_path, monkeypatch, capsys):
+    """--data tinystories --size-mb N 读 KATA_DATA_DIR 里的 tinystories_<N>mb.txt（离线，不下载）；结果记下用的是哪份数据。"""
+    from kata.data import STORY_SEPARATOR
+
+    stories = [f"Once upon a time, a little {animal} named {name} found a {thing}. "
+               f"{name} was happy and shared the {thing} with a friend.\n"
+               for animal in ("cat", "dog", "bird", "fox") for name in ("Lily", "Tom", "Sue")
+               for thing in ("ball", "red box", "big tree")]
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "tinystories_0.01mb.txt").write_text(STORY_SEPARATOR.join(stories * 3) + STORY_SEPARATOR,
+                                                    encoding="utf-8")
+    monkeypatch.setenv("KATA_DATA_DIR", str(folder))
+    monkeypatch.setenv("KATA_OFFLINE", "1")
+    out = tmp_path / "run"
+    code = _run(out, "--data", "tinystories", "--size-mb", "0.01", "--steps", "3", "--eval-every", "3",
+                "--cloze-items", "3", "--sample-tokens", "4")
+    text = capsys.readouterr().out
+    assert code == 0, text
+    res = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert "tinystories" in json.dumps(res["data"]).lower(), res["data"]
+    spec = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    assert "Shakespeare" not in json.dumps(res["data"]), res["data"]
+    assert "L" in json.dumps(spec, ensure_ascii=False) and res["final_val"]["loss"] > 0
+
+    # 数据目录里没有这个大小的子集：一句中文说明怎么提供，不下载、不训练
+    code = _run(tmp_path / "run2", "--data", "tinystories", "--size-mb", "0.02", "--steps", "1")
+    text = capsys.readouterr().out
+    assert code == 2 and "拿不到训练数据" in text and not (tmp_path / "run2" / "model.pth").exists(), text
