@@ -86,6 +86,13 @@ def load(ckpt, impl: str = "exercises", device: str = "cpu", *, tokenizer=None,
     if tok.vocab_size > config.vocab_size:
         raise ValueError(f"分词器 {ck.tokenizer} 有 {tok.vocab_size} 个 token，模型的词表只有 {config.vocab_size} 行："
                          "分词器与权重不配套（minimind 的权重要用 minimind 的 tokenizer.json）")
+    added = specials.get("added")
+    if ck.kind != "kata" and added is not None and (added > 3) != config.qk_norm:
+        # 两代分词器的词表都是 6400：配错了不会报形状错误，只会生成乱码
+        say(f"注意：分词器 {ck.tokenizer} 有 {added} 个特殊 token（{'minimind-3' if added > 3 else 'MiniMind2'} 的分词器），"
+            f"权重却{'有' if config.qk_norm else '没有'} q_norm（{'minimind-3' if config.qk_norm else 'MiniMind2'} 的结构）。"
+            "两代分词器的词表都是 6400 但切法不同，配错了只会生成乱码：MiniMind2 的权重请用 MiniMind2-Small 文件夹里的 "
+            "tokenizer.json（或 minimind 仓库 2026-03 minimind-3 更新之前的 model/tokenizer.json）。")
     cls = resolve("06_transformer_block", impl).MiniMindForCausalLM
     try:
         model = cls(config)
@@ -114,6 +121,19 @@ def load_model(ckpt, impl: str = "exercises", device: str = "cpu", **kwargs):
     """(model, tokenizer, config)。state_dict 用 torch.load(weights_only=True) 或手写的 safetensors 读取器读。"""
     got = load(ckpt, impl, device, **kwargs)
     return got.model, got.tokenizer, got.config
+
+
+class _KnownTokensOnly(torch.nn.Module):
+    """生成时只在分词器认识的 id 里挑：模型的词表可以比分词器大（多出来的行从没被训练到，也解码不出来）。"""
+
+    def __init__(self, model: torch.nn.Module, n_known: int):
+        super().__init__()
+        self.inner, self.n_known, self.config = model, n_known, getattr(model, "config", None)
+
+    def forward(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        out.logits[..., self.n_known:] = float("-inf")
+        return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -152,6 +172,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     model, tok = got.model, got.tokenizer
+    if tok.vocab_size < got.config.vocab_size:
+        _say(f"（模型的词表有 {got.config.vocab_size} 行，分词器只认识 {tok.vocab_size} 个 id：生成时只在后者里挑）")
+        model = _KnownTokensOnly(model, tok.vocab_size)
     prompt, eos_id = args.prompt, None
     if got.bos and not args.no_bos:
         prompt = got.bos + prompt                          # minimind 的预训练文本都以 bos 开头

@@ -336,11 +336,12 @@ def _token_text(t) -> Optional[str]:
 
 
 def read_tokenizer_file(path) -> tuple[str, dict, Path, dict]:
-    """path：tokenizer.json 或放着它的文件夹。返回 (kind, JSON, 文件路径, {"bos": …, "eos": …})。
+    """path：tokenizer.json 或放着它的文件夹。返回 (kind, JSON, 文件路径, {"bos": …, "eos": …, "added": …})。
 
     kind："hf"（Hugging Face 的 tokenizer.json，minimind 的 model/tokenizer.json 就是）或
     "kata"（kata train / sft 写的 {"type": "char" | "bpe", …}）。bos / eos 来自同目录的
-    tokenizer_config.json（minimind：bos <|im_start|>、eos <|im_end|>），没有就是 None。
+    tokenizer_config.json（minimind：bos <|im_start|>、eos <|im_end|>），没有就是 None；
+    added：HF 文件里 added_tokens 的个数（只有 "hf" 才有这一项）。
     """
     p = Path(path)
     f = p / "tokenizer.json" if p.is_dir() else p
@@ -359,6 +360,9 @@ def read_tokenizer_file(path) -> tuple[str, dict, Path, dict]:
         raise WeightsFormatError(f"{f} 不是认识的分词器文件：应是 Hugging Face 的 tokenizer.json（有 \"model\"），"
                                  "或 kata train 写的 tokenizer.json（有 \"type\": \"char\" / \"bpe\"）")
     specials = {"bos": None, "eos": None}
+    if kind == "hf":
+        # 特殊 token 的个数区分 minimind 的两代分词器：MiniMind2 有 3 个，minimind-3 有 36 个（词表都是 6400）
+        specials["added"] = len(data.get("added_tokens") or [])
     tc = f.parent / "tokenizer_config.json"
     if kind == "hf" and tc.is_file():
         try:
@@ -366,7 +370,7 @@ def read_tokenizer_file(path) -> tuple[str, dict, Path, dict]:
         except (OSError, ValueError) as exc:
             raise WeightsFormatError(f"读不了 {tc}：{exc}") from None
         if isinstance(conf, dict):
-            specials = {"bos": _token_text(conf.get("bos_token")), "eos": _token_text(conf.get("eos_token"))}
+            specials.update(bos=_token_text(conf.get("bos_token")), eos=_token_text(conf.get("eos_token")))
     return kind, data, f, specials
 
 

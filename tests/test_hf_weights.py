@@ -191,7 +191,7 @@ def test_reader_decodes_hand_built_bytes():
     bf16 = struct.pack("<4H", 0x3F80, 0xC000, 0x3E20, 0x7F80)      # 1.0、-2.0、0.15625、+inf 的 bf16 位模式
     i64 = struct.pack("<2q", -3, 2**40)
     data = st_bytes({"b": ("BF16", [2, 2], bf16), "a": ("F32", [2, 2], f32), "h": ("F16", [3], f16),
-                     "i": ("I64", [2], i64), "empty": ("F32", [0, 4], b"")}, metadata={"format": "pt"})
+                     "i": ("I64", [2], i64), "empty": ("F16", [0, 4], b"")}, metadata={"format": "pt"})
     got = hw.parse_safetensors(data)
     assert set(got) == {"a", "b", "h", "i", "empty"}, "__metadata__ 不是张量，不该出现在结果里"
     assert got["a"].dtype == torch.float32 and got["a"].shape == (2, 2)
@@ -199,7 +199,7 @@ def test_reader_decodes_hand_built_bytes():
     assert got["h"].dtype == torch.float16 and got["h"].tolist() == [1.0, -0.5, 65504.0]
     assert got["b"].dtype == torch.bfloat16 and got["b"].float().flatten().tolist() == [1.0, -2.0, 0.15625, math.inf]
     assert got["i"].tolist() == [-3, 2**40]
-    assert got["empty"].shape == (0, 4)
+    assert got["empty"].shape == (0, 4) and got["empty"].dtype == torch.float16
 
 
 def test_reader_uses_offsets_not_file_order():
@@ -616,7 +616,7 @@ def test_tokenizer_falls_back_to_the_reference_when_yours_is_unfinished(tmp_path
     said = []
     tok, specials = kg.load_tokenizer(tmp_path / "tok", str(stub), say=said.append)
     assert said and "from_hf_json" in said[0] and "参考实现" in said[0]
-    assert tok.encode("<|im_start|> the") == [1, 261] and specials == {"bos": "<|im_start|>", "eos": "<|im_end|>"}
+    assert tok.encode("<|im_start|> the") == [1, 261] and specials == {"bos": "<|im_start|>", "eos": "<|im_end|>", "added": 3}
     said.clear()
     kg.load_tokenizer(tmp_path / "tok" / "tokenizer.json", "solutions", say=said.append)
     assert not said
@@ -624,11 +624,29 @@ def test_tokenizer_falls_back_to_the_reference_when_yours_is_unfinished(tmp_path
 
 def test_tokenizer_config_is_optional_and_accepts_added_token_dicts(tmp_path):
     write_tokenizer(tmp_path / "a", config=False)
-    assert hw.read_tokenizer_file(tmp_path / "a")[3] == {"bos": None, "eos": None}
+    assert hw.read_tokenizer_file(tmp_path / "a")[3] == {"bos": None, "eos": None, "added": 3}
     write_tokenizer(tmp_path / "b")
     (tmp_path / "b" / "tokenizer_config.json").write_text(json.dumps(
         {"bos_token": {"content": "<|im_start|>", "lstrip": False}, "eos_token": "<|im_end|>"}))
-    assert hw.read_tokenizer_file(tmp_path / "b")[3] == {"bos": "<|im_start|>", "eos": "<|im_end|>"}
+    assert hw.read_tokenizer_file(tmp_path / "b")[3] == {"bos": "<|im_start|>", "eos": "<|im_end|>", "added": 3}
+
+
+def test_a_tokenizer_of_the_other_minimind_generation_is_flagged(tmp_path):
+    """MiniMind2 的分词器 3 个特殊 token，minimind-3 的 36 个，词表都是 6400：配错不会有形状错误，要明说。"""
+    big = hf_tokenizer_json()
+    for i in range(33):
+        big["added_tokens"].append({"id": TOK_VOCAB + i, "content": f"<|extra_{i}|>", "special": True})
+        big["model"]["vocab"][f"<|extra_{i}|>"] = TOK_VOCAB + i
+    (tmp_path / "m3").mkdir()
+    (tmp_path / "m3" / "tokenizer.json").write_text(json.dumps(big))
+    write_tokenizer(tmp_path / "m2")
+    v2 = _minimind_pth(tmp_path / "full_sft_512.pth", make_model(small_config(vocab_size=TOK_VOCAB + 40)))
+    v3 = _minimind_pth(tmp_path / "full_sft_768.pth", make_model(small_config(
+        vocab_size=TOK_VOCAB + 40, num_attention_heads=4, num_key_value_heads=2, qk_norm=True)))
+    for pth, tok, flagged in ((v2, "m3", True), (v2, "m2", False), (v3, "m2", True), (v3, "m3", False)):
+        said = []
+        kg.load(pth, "solutions", tokenizer=tmp_path / tok, say=said.append)
+        assert any("乱码" in s for s in said) == flagged, (pth.name, tok, said)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,6 +682,15 @@ def test_generate_main_on_a_minimind_pth(tmp_path, capsys):
                     "--max-new-tokens", "4", "--temperature", "0", "--impl", "solutions", "--no-bos"]) == 0
     out = capsys.readouterr()
     assert out.out.startswith("the cat") and "注意力头数" in out.err
+
+
+def test_generate_only_samples_ids_the_tokenizer_knows(tmp_path, capsys):
+    """模型词表 2000 行、分词器 265 个 id：多出来的行不能被抽到（否则解码时崩掉，或印出不存在的 token）。"""
+    folder = write_hf_folder(tmp_path / "hf", make_model(small_config(vocab_size=2000)))
+    assert kg.main(["--ckpt", str(folder), "--prompt", "the", "--max-new-tokens", "40", "--temperature", "2",
+                    "--impl", "solutions", "--no-bos"]) == 0
+    out = capsys.readouterr()
+    assert "只在后者里挑" in out.err and out.out.startswith("the")
 
 
 def test_python_m_kata_generate_on_a_hf_folder(tmp_path):
