@@ -286,6 +286,45 @@ def test_evaluate_max_batches_limits_the_samples(impl):
     _check_eval(got, nll, n_tok, n_bytes, "max_batches=2、batch_size=3：只评估前 6 个样本")
 
 
+class _Wrapped(nn.Module):
+    """同一张表，换一种输出形式，并记下每次 forward 收到的批大小。"""
+
+    def __init__(self, base: nn.Module, style: str):
+        super().__init__()
+        self.base, self.style, self.batch_sizes = base, style, []
+
+    def forward(self, input_ids):
+        self.batch_sizes.append(int(input_ids.shape[0]))
+        logits = self.base(input_ids)
+        if self.style == "tuple":                 # kata 的 TinyLM：(logits, loss)
+            return logits, None
+        if self.style == "object":                # MiniMindForCausalLM：带 .logits 的输出对象
+            return type("CausalLMOutput", (), {"logits": logits, "loss": None})()
+        return logits
+
+
+def test_evaluate_batches_and_model_output_forms(impl):
+    vocab = 7
+    base = TableLM(vocab, 2)
+    ds = impl.PretrainDataset(torch.randint(0, vocab, (41,), generator=torch.Generator().manual_seed(8)), 4)  # 10 个样本
+    nll, n_tok, n_bytes = _hand_eval(base.table, _samples(ds))
+    for style, what in (("tensor", "logits 张量"), ("tuple", "(logits, loss) 元组（kata train 用的 TinyLM 就这样返回）"),
+                        ("object", "带 .logits 的对象（MiniMindForCausalLM）")):
+        model, got, err = _Wrapped(base, style), None, None
+        try:
+            got = impl.evaluate(model, ds, batch_size=3)
+        except NotImplementedError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            err = f"{type(exc).__name__}: {exc}"
+        require(err is None, f"模型返回{what}时 evaluate 出错：{err}\n"
+                             "  logits 要用给定的 _logits_of(model(x)) 取出来，而不是直接把 model(x) 当 logits", EVAL)
+        _check_eval(got, nll, n_tok, n_bytes, f"模型返回{what}、batch_size=3")
+        require(model.batch_sizes and max(model.batch_sizes) <= 3 and sum(model.batch_sizes) == len(ds),
+                f"batch_size=3、10 个样本：每次送进模型的批不应超过 3 个样本、一共 10 个，实际各批大小 {model.batch_sizes}"
+                "（batch_size 没用上：整个验证集一次塞进模型，大数据集会把内存撑爆）", EVAL)
+
+
 def test_evaluate_uses_eval_mode_and_restores_it(impl):
     vocab = 7
     model = TableLM(vocab, 5, dropout=0.5)

@@ -382,6 +382,20 @@ def test_dataset_rejects_tokenizer_without_special_tokens_and_bad_conversations(
         impl.SFTDataset([conv], object(), 16)
 
 
+def test_dataset_from_a_one_shot_iterable_is_not_silently_empty(impl):
+    """生成器（比如逐行读 jsonl 的 (json.loads(l) for l in f)）只能遍历一次：先遍历检查、再 list() 就只剩空列表。"""
+    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    try:
+        ds = impl.SFTDataset((c for c in [conv, conv]), CHAR_TOK, 16)
+    except (TypeError, ValueError) as exc:
+        require(re.search(r"[\u4e00-\u9fff]", str(exc)),
+                f"不接受生成器可以，但报错应是中文、说清期望一个对话的列表，实际：{exc}", DATASET)
+        return
+    require(len(ds) == 2,
+            f"传入一个生成器（2 段对话）：要么报错（期望对话的列表），要么数据集里就该有这 2 段；实际 len(dataset) = {len(ds)}。"
+            "常见原因：先遍历一遍做检查、再 list(conversations)——生成器已经被耗尽，得到一个静悄悄的空数据集", DATASET)
+
+
 @given(conversations(), st.integers(1, 120))
 def test_dataset_input_ids_are_the_encoded_template_truncated_then_padded(impl, conv, max_length):
     full = CHAR_TOK.encode(impl.apply_chat_template(conv))
