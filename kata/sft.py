@@ -244,40 +244,40 @@ def build_parser() -> argparse.ArgumentParser:
         original(message)
 
     p.error = error
-    p.add_argument("--ckpt", required=True,
+    p.add_argument("--ckpt", metavar="PATH", required=True,
                    help="kata train 写的 model.pth（同目录要有 config.json 与 tokenizer.json）")
-    p.add_argument("--out", default=str(REPO_ROOT / "runs" / "sft"), help="输出目录（默认 runs/sft/）")
+    p.add_argument("--out", metavar="DIR", default=str(REPO_ROOT / "runs" / "sft"), help="输出目录（默认 runs/sft/）")
     p.add_argument("--impl", default="exercises", choices=("exercises", "solutions"),
                    help="用谁的代码（默认你的；没写完的部件自动用参考实现）")
     g = p.add_argument_group("数据")
-    g.add_argument("--data-file", default=None, help="minimind 格式的 SFT jsonl（默认：kata.sft_data 生成的指令数据）")
-    g.add_argument("--n-train", type=int, default=4000, help="生成多少道训练题（默认 4000）")
-    g.add_argument("--n-eval", type=int, default=80, help="held-out 评估题数（各任务平均分；默认 80）")
-    g.add_argument("--langs", default="en,zh", help="题目语言：en、zh 或 en,zh（默认）")
-    g.add_argument("--max-length", type=int, default=128, help="每段对话截断 / 补齐到多少个 token（默认 128）")
+    g.add_argument("--data-file", metavar="PATH", default=None, help="minimind 格式的 SFT jsonl（默认：kata.sft_data 生成的指令数据）")
+    g.add_argument("--n-train", type=int, metavar="N", default=4000, help="生成多少道训练题（默认 4000）")
+    g.add_argument("--n-eval", type=int, metavar="N", default=80, help="held-out 评估题数（各任务平均分；默认 80）")
+    g.add_argument("--langs", metavar="LANGS", default="en,zh", help="题目语言：en、zh 或 en,zh（默认）")
+    g.add_argument("--max-length", type=int, metavar="N", default=128, help="每段对话截断 / 补齐到多少个 token（默认 128）")
     g = p.add_argument_group("训练")
-    g.add_argument("--steps", type=int, default=600, help="总步数（默认 600；学习率按它排）")
-    g.add_argument("--batch-size", type=int, default=16,
+    g.add_argument("--steps", type=int, metavar="N", default=600, help="总步数（默认 600；学习率按它排）")
+    g.add_argument("--batch-size", type=int, metavar="N", default=16,
                    help="每个进程每步的对话数（默认 16；torchrun 下全局批次 = 它 × 进程数）")
-    g.add_argument("--lr", type=float, default=1e-3, help="峰值学习率（默认 1e-3；余弦退火到它的 1/10）")
-    g.add_argument("--warmup", type=int, default=30, help="线性 warmup 的步数（默认 30）")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="梯度范数裁剪的上限（默认 1.0）")
+    g.add_argument("--lr", type=float, metavar="X", default=1e-3, help="峰值学习率（默认 1e-3；余弦退火到它的 1/10）")
+    g.add_argument("--warmup", type=int, metavar="N", default=30, help="线性 warmup 的步数（默认 30）")
+    g.add_argument("--grad-clip", type=float, metavar="X", default=1.0, help="梯度范数裁剪的上限（默认 1.0）")
     g.add_argument("--mask", default="assistant", choices=("assistant", "all"),
                    help="assistant：只在助手回复上算 loss（minimind 的做法，默认）；all：所有真实 token 都算（消融）")
     g.add_argument("--from-scratch", action="store_true", help="不用预训练权重：同样的结构随机初始化（对照）")
-    g.add_argument("--seed", type=int, default=0, help="随机种子：数据、取样顺序、新嵌入行（默认 0）")
+    g.add_argument("--seed", type=int, metavar="N", default=0, help="随机种子：数据、取样顺序、新嵌入行（默认 0）")
     g = p.add_argument_group("检查点与续训")
-    g.add_argument("--ckpt-every", type=int, default=200, help="每多少步原子地写一次 resume.pth 与 model.pth（默认 200）")
-    g.add_argument("--resume", default=None,
+    g.add_argument("--ckpt-every", type=int, metavar="N", default=200, help="每多少步原子地写一次 resume.pth 与 model.pth（默认 200）")
+    g.add_argument("--resume", metavar="PATH", default=None,
                    help="从 kata sft 写的 resume.pth 接着训练（其余参数与第一次相同，结果与不中断的那次逐位相同）")
-    g.add_argument("--stop-after", type=int, default=None,
+    g.add_argument("--stop-after", type=int, metavar="N", default=None,
                    help="训练到第 N 步就存盘退出（像 Ctrl-C 一样，之后用 --resume 接着训练；学习率仍按 --steps 排）")
     g = p.add_argument_group("评估与运行")
     g.add_argument("--no-eval-before", action="store_true", help="跳过微调前的评估")
     g.add_argument("--no-final-eval", action="store_true", help="跳过微调后的评估（results.json 里 after 为 null）")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                    help="计算设备（默认 auto：torchrun + CUDA 时每个进程一张卡，否则 CPU / MPS）")
-    g.add_argument("--threads", type=int, default=None, help="torch 线程数（默认：CPU 核数 / 进程数）")
+    g.add_argument("--threads", type=int, metavar="N", default=None, help="torch 线程数（默认：CPU 核数 / 进程数）")
     g.add_argument("--quiet", action="store_true", help="不显示进度条")
     return p
 
@@ -494,7 +494,8 @@ def _sft(args, langs, parts, rank, world, dist_device, say) -> int:
         if changed:
             say("注意：这些设置与保存时不同（" + "；".join(changed) + "）：续训的结果不再等于一次不中断的运行。")
         if start >= steps:
-            say(f"{args.resume} 已经训练到第 {start} 步（--steps {steps}）：没有要训练的了，只做最后的评估。")
+            say(f"{args.resume} 已经训练到第 {start} 步（--steps {steps}）：没有要训练的了"
+                + ("。" if args.no_final_eval else "，只做最后的评估。"))
 
     n_params = sum(p.numel() for p in model.parameters())
     say(f"SFT：{len(conversations)} 段对话，held-out {len(held)} 题；模型 {n_params / 1e6:.2f}M 参数，词表 {config.vocab_size}；"
