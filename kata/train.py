@@ -597,9 +597,7 @@ def _train(args, model_kw, train, parts, rank, world, dist_device, say) -> int:
         print("同一段 held-out 字节上的 bits per byte（越低越好）：")
         for name, v in sorted(rows, key=lambda r: r[1]):
             print(f"  {name:<10} {v:.3f}")
-        best = min(comp, key=comp.get)
-        verdict = "比" + best + " 还好" if final["bpb"] < comp[best] else f"还不如 {best}（{comp[best]:.3f}）"
-        print(f"→ 你的模型{verdict}。")
+        print(f"→ {_compressor_verdict(final['bpb'], comp)}")
         cz = cloze(model, tok, train_text, val_text, n_items=args.cloze_items, seed=args.seed, device=device)
         results["cloze"] = cz
         print(f"完形填空（held-out 里挖掉一个词，在真词和 {cz['k']} 个同长度的干扰词里按对数似然选）："
@@ -615,6 +613,20 @@ def _train(args, model_kw, train, parts, rank, world, dist_device, say) -> int:
     print(f"结果：{out / 'results.json'}、{out / 'loss.png'}；权重：{model_path}（生成："
           f"python -m kata.generate --ckpt {model_path} --prompt \"ROMEO:\"）")
     return 0
+
+
+def _compressor_verdict(bpb: float, comp: dict) -> str:
+    """模型的 bpb 落在通用压缩器之间的哪里（一句话，由数字算出）。"""
+    beaten = sorted((n for n, v in comp.items() if bpb < v), key=comp.get)
+    worse = sorted((n for n, v in comp.items() if bpb >= v), key=comp.get)
+    if not worse:
+        best = beaten[0]
+        return (f"你的模型比这 {len(comp)} 个压缩器都好：比最好的 {best}（{comp[best]:.3f}）"
+                f"每字节还少 {comp[best] - bpb:.3f} bit。")
+    if not beaten:
+        return f"你的模型还不如最弱的 {worse[-1]}（{comp[worse[-1]]:.3f}）：它还没学到多少（多训练几步，或检查 loss 是否在降）。"
+    return (f"你的模型比 {'、'.join(beaten)} 好，但还不如 {'、'.join(worse)}"
+            f"（{worse[0]} 是 {comp[worse[0]]:.3f}）。")
 
 
 def _shape(c: MiniMindConfig) -> str:

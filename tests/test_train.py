@@ -262,3 +262,11 @@ def test_tinystories_subset_from_the_data_dir_trains_and_is_recorded(tmp_path, m
     code = _run(tmp_path / "run2", "--data", "tinystories", "--size-mb", "0.02", "--steps", "1")
     text = capsys.readouterr().out
     assert code == 2 and "拿不到训练数据" in text and not (tmp_path / "run2" / "model.pth").exists(), text
+
+
+def test_compressor_verdict_says_where_the_model_lands():
+    comp = {"zlib -9": 3.19, "bz2 -9": 2.635, "xz -9e": 2.947}
+    assert "都好" in kt._compressor_verdict(2.387, comp) and "0.248" in kt._compressor_verdict(2.387, comp)
+    mid = kt._compressor_verdict(2.8, comp)
+    assert "xz -9e、zlib -9 好" in mid and "还不如 bz2 -9" in mid, mid
+    assert "还不如最弱的 zlib -9" in kt._compressor_verdict(4.5, comp)
