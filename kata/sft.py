@@ -419,7 +419,13 @@ def _sft(args, langs, parts, rank, world, dist_device, say) -> int:
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(args.seed)
     try:
-        model, tok, config, spec = load(args.ckpt, args.impl, device, say)
+        import contextlib
+        import io
+
+        # kata.generate.load_model 的“还没实现、改用参考实现”直接打印到 stderr：只让 rank 0 说
+        quiet = contextlib.nullcontext() if main_proc else contextlib.redirect_stderr(io.StringIO())
+        with quiet:
+            model, tok, config, spec = load(args.ckpt, args.impl, device, say)
     except (FileNotFoundError, ValueError) as exc:
         if main_proc:
             print(str(exc), file=sys.stderr)
@@ -532,6 +538,7 @@ def _sft(args, langs, parts, rank, world, dist_device, say) -> int:
     if main_proc and not args.quiet:
         from tqdm import tqdm
         bar = tqdm(total=steps, initial=min(start, steps), unit="step", dynamic_ncols=True, file=sys.stdout)
+        parts.say = lambda m: bar.write(m, file=sys.stdout)    # 训练中的“改用参考实现”不打断进度条
     t0, tokens, completed = time.perf_counter(), 0, start
     model.train()
     try:
