@@ -28,9 +28,10 @@ labels 与 input_ids 对齐（模块 10 的约定，模型内部移位）；模�
 
 多进程时的 loss 权重：SFT 的批次里每个样本要算 loss 的 token 数不同（只有助手回复算）。每个进程的 train_step
 算的是自己那一份的 token 平均；DDP 默认把各进程的梯度直接平均——token 少的进程，每个 token 的权重反而大
-（minimind 的 train_sft.py 就是这样）。这里给 DDP 装一个通信钩子（register_comm_hook），按各进程的 token 数
-加权求和，于是梯度等于整个全局批次的 token 平均：2 个进程 × batch B 与 1 个进程 × batch 2B 的权重一致
-（只差浮点求和顺序）。日志里的 loss 也按 token 数加权做 all_reduce。
+（minimind 的 trainer/train_full_sft.py 就是这样：每个进程的 res.loss 是自己那一份的 token 平均，DDP 再平均）。
+这里给 DDP 装一个通信钩子（register_comm_hook），按各进程的 token 数加权求和，于是梯度等于整个全局批次的
+token 平均：2 个进程 × batch B 与 1 个进程 × batch 2B 一致（只差浮点求和顺序）。日志里的 loss 也按 token 数
+加权做 all_reduce。
 
 评估：held-out 题目（与训练集的实例不重叠），贪心解码到 <|im_end|>，逐字比较答案（精确匹配），并记录回复是否在
 <|im_end|> 处停下。只在 rank 0 上做，其余进程等它。
