@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -142,6 +143,18 @@ def test_dataset_rejects_bad_input(impl):
             impl.PretrainDataset(torch.arange(10), bad_len)
     with pytest.raises(ValueError):
         impl.PretrainDataset(torch.arange(1), 4)   # 一个 token 没有任何 label
+    for bad, what in ((torch.arange(24).reshape(4, 6), "二维的 [4, 6]（一批序列，而不是一条 token 流）"),
+                      (torch.linspace(0, 9, 12), "浮点数（.long() 会悄悄把 1.7 截成 1）")):
+        err = None
+        try:
+            impl.PretrainDataset(bad, 3)
+        except NotImplementedError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            err = exc
+        require(isinstance(err, ValueError) and re.search(r"[\u4e00-\u9fff]", str(err)),
+                f"token_ids 是{what}时应抛 ValueError（中文说明期望一维的整数序列），"
+                f"实际 {'没有报错' if err is None else f'{type(err).__name__}: {err}'}", DATA)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,15 +304,18 @@ class _Wrapped(nn.Module):
 
     def __init__(self, base: nn.Module, style: str):
         super().__init__()
-        self.base, self.style, self.batch_sizes = base, style, []
+        self.base, self.style, self.batch_sizes, self.modes = base, style, [], []
 
     def forward(self, input_ids):
         self.batch_sizes.append(int(input_ids.shape[0]))
+        self.modes.append(self.training)
         logits = self.base(input_ids)
         if self.style == "tuple":                 # kata 的 TinyLM：(logits, loss)
             return logits, None
         if self.style == "object":                # MiniMindForCausalLM：带 .logits 的输出对象
             return type("CausalLMOutput", (), {"logits": logits, "loss": None})()
+        if self.style == "dict":                  # 认不出的输出：应清楚地报错，而不是在后面莫名其妙地崩
+            return {"scores": logits}
         return logits
 
 
@@ -323,6 +339,16 @@ def test_evaluate_batches_and_model_output_forms(impl):
         require(model.batch_sizes and max(model.batch_sizes) <= 3 and sum(model.batch_sizes) == len(ds),
                 f"batch_size=3、10 个样本：每次送进模型的批不应超过 3 个样本、一共 10 个，实际各批大小 {model.batch_sizes}"
                 "（batch_size 没用上：整个验证集一次塞进模型，大数据集会把内存撑爆）", EVAL)
+    err = None
+    try:
+        impl.evaluate(_Wrapped(base, "dict"), ds, batch_size=3)
+    except NotImplementedError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        err = exc
+    require(isinstance(err, TypeError) and re.search(r"[\u4e00-\u9fff]", str(err)) and "logits" in str(err),
+            "模型返回认不出的东西（这里是 dict）时应抛 TypeError、中文说明期望 logits 张量 / (logits, …) / .logits "
+            f"（给定的 _logits_of 就这样做），实际 {type(err).__name__}: {err}", EVAL)
 
 
 def test_evaluate_uses_eval_mode_and_restores_it(impl):
@@ -484,6 +510,26 @@ def test_pretrain_single_process_equals_a_hand_written_sgd_loop(impl, tmp_path):
         require(torch.equal(sd[k], v), f"checkpoint 里的 {k} 应等于训练结束时的参数", RANK0)
     dirs = sorted(p.name for p in ckpt.parent.iterdir())
     require(dirs == ["ckpt.pth"], f"原子写入：目录里最后只应有 ckpt.pth（临时文件要 os.replace 过去），实际 {dirs}", RANK0)
+
+
+def test_pretrain_trains_in_train_mode_whatever_the_output_form(impl):
+    ds = impl.PretrainDataset(W.tokens(), W.SEQ)
+    ref, _ = _reference_sgd([impl.rank_batch(ds, s, 3, 0, 1, 5) for s in range(2)])
+    for style, what in (("tuple", "(logits, loss) 元组"), ("object", "带 .logits 的对象（MiniMindForCausalLM）")):
+        model, err = _Wrapped(W.TinyLM(), style), None
+        model.eval()                          # 比如刚评估完、或刚从 checkpoint 载入
+        try:
+            impl.pretrain(model, ds, torch.optim.SGD(model.parameters(), lr=W.LR), steps=2, batch_size=3, seed=5)
+        except NotImplementedError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            err = f"{type(exc).__name__}: {exc}"
+        require(err is None, f"模型返回{what}时 pretrain 出错：{err}\n"
+                             "  logits 要用给定的 _logits_of(net(x)) 取出来", LOOP)
+        require(model.modes and all(model.modes),
+                f"调用 pretrain 之前模型处于 eval 模式：训练时每次 forward 都应处在 train 模式（先 net.train()，"
+                f"否则 dropout 一直关着），实际各步的 model.training = {model.modes}", LOOP)
+        assert_close(_flat(model.base), _flat(ref), what=f"模型返回{what}时，2 步 SGD 之后的参数", section=LOOP, **TOL)
 
 
 # ---------------------------------------------------------------------------------------------
