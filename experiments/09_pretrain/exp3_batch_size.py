@@ -8,7 +8,8 @@
   linear 规则：lr(B) = lr₀·B/B₀     —— Goyal et al. 2017（Accurate, Large Minibatch SGD）给 SGD 的线性规则，作为对照。
 
 两条规则在 B = B₀ 时相同（那一组只训练一次）。所有 batch 大小用同一个 token 数、同一个种子时看到**同一批样本、
-同样的顺序**（你的 rank_batch 决定），只是分组不同。
+同样的顺序**（你的 rank_batch 决定），只是分组不同。学习率是 warmup（5%）+ 余弦衰减到 10%，铺满每次训练的预算；
+预算（token 数）对所有 B 相同，所以在同一个 token 数上，每次训练都处在调度的同一位置（只是峰值按规则不同）。
 
 报告：
 1. 每个 B 在预算用完时的 held-out loss（多个种子，均值 ± 标准差）；
@@ -70,7 +71,8 @@ def fit_mccandlish(batches: list, examples: list) -> dict:
     slope, intercept = np.polyfit(b, e, 1, w=1.0 / e)
     pred = intercept + slope * b
     r2 = 1 - float(((e - pred) ** 2).sum() / max(((e - e.mean()) ** 2).sum(), 1e-30))
-    out = {"S_min": float(slope), "E_min": float(intercept), "r2": r2, "ok": False, "reason": ""}
+    out = {"S_min": float(slope), "E_min": float(intercept), "r2": r2, "ok": False, "reason": "", "n_batches": len(b),
+           "batches": [int(x) for x in b]}
     if slope <= 0:
         out["reason"] = "拟合出的 S_min ≤ 0：在测过的范围里样本数没有随 B 增加，临界 batch 比测过的最大 B 还大"
         out["beyond_range"] = True
@@ -102,7 +104,7 @@ class BatchSize(Experiment):
         parser.add_argument("--base-batch", type=int, default=16, help="学习率的参照 batch B₀（默认 16，同 kata train 的 tiny 预设）")
         parser.add_argument("--base-lr", type=float, default=3e-3, help="B₀ 时的峰值学习率 lr₀（默认 3e-3，同 tiny 预设）")
         parser.add_argument("--tokens", type=int, default=None,
-                            help="每次训练的 token 预算（默认：快速 131072，完整 262144；会向上取整到 max(B)·seq_len·评估次数 的倍数）")
+                            help="每次训练的 token 预算（默认：快速 131072，完整 196608；会向上取整到 max(B)·seq_len·评估次数 的倍数）")
         parser.add_argument("--seq-len", type=int, default=64, help="序列长度（默认 64）")
 
     def execute(self):
@@ -114,6 +116,9 @@ class BatchSize(Experiment):
     def run(self):
         pieces = getattr(self, "pieces", None) or resolve_pieces(self.impl)
         self.record_provenance({"pieces": pieces.provenance, "fallbacks": pieces.fallbacks})
+        if pieces.fallbacks:
+            self.note("注意：这次有部件用的是参考实现（你的还没实现）：" + "、".join(pieces.fallbacks)
+                      + "；结果 JSON 的 provenance 里逐个记着来源。")
         from kata.train import PRESETS
 
         corpus = self.load_corpus()
@@ -124,9 +129,9 @@ class BatchSize(Experiment):
         rules = {"sqrt": ["sqrt"], "linear": ["linear"], "both": ["sqrt", "linear"]}[
             self.args.rules or self.by_mode(smoke="both", quick="sqrt", full="both")]
         B0, lr0 = self.args.base_batch, self.args.base_lr
-        n_evals = self.by_mode(smoke=2, quick=16, full=16)
+        n_evals = self.by_mode(smoke=2, quick=16, full=12)
         grain = max(batches) * T * n_evals
-        budget = self.args.tokens or self.by_mode(smoke=1024, quick=131072, full=262144)
+        budget = self.args.tokens or self.by_mode(smoke=1024, quick=131072, full=196608)
         budget = grain * math.ceil(budget / grain)
         eval_interval = budget // n_evals
         eval_seqs = self.by_mode(smoke=8, quick=128, full=128)        # 中途评估：held-out 前 128 段（8192 个字符）
@@ -140,7 +145,9 @@ class BatchSize(Experiment):
                     token_budget=budget, seq_len=T, eval_every_tokens=eval_interval, eval_seqs=eval_seqs,
                     final_eval_seqs=final_seqs, warmup_frac=warmup_frac, min_lr_ratio=0.1, weight_decay=0.1,
                     betas=(0.9, 0.95), grad_clip=1.0, speedup_threshold=SPEEDUP_THRESHOLD,
-                    lr_rule={"sqrt": "lr0*sqrt(B/B0)", "linear": "lr0*B/B0"})
+                    lr_rule={"sqrt": "lr0*sqrt(B/B0)", "linear": "lr0*B/B0"},
+                    schedule="warmup 5% of steps + cosine to 10% over each run's budget; same token budget for every B, "
+                             "so the schedule is aligned in tokens")
 
         Dataset = pieces.PretrainDataset
         train_ds, val_ds = Dataset(corpus.train_ids, T), Dataset(corpus.val_ids, T)
@@ -185,13 +192,11 @@ class BatchSize(Experiment):
                 bar.update(run.advance(per_eval))
                 if run.diverged_at is None:
                     curve_tokens.append(run.step * B * T)
-                    curve_loss.append(run.evaluate(eval_seqs) if not run.done else float("nan"))
-                    bar.set_postfix(val=f"{curve_loss[-1]:.3f}" if not run.done else "", refresh=False)
+                    curve_loss.append(run.evaluate(eval_seqs))
+                    bar.set_postfix(val=f"{curve_loss[-1]:.3f}", refresh=False)
         finally:
             bar.close()
-        final = run.evaluate(final_seqs)
-        if run.diverged_at is None:
-            curve_loss[-1] = final   # 最后一个点用更多的 held-out 样本评估（更准），曲线的终点就是它
+        final = run.evaluate(final_seqs)   # 拿来比较的最终 loss 用更多的 held-out 样本（更准）；曲线上的点都用同样的 eval_seqs 段
         state = f"发散于第 {run.diverged_at} 步" if run.diverged_at is not None else f"held-out loss {final:.3f}"
         print(f"  {RULE_ZH[rule]} B={B:<4d} lr={lr:.2e} {steps:5d} 步 seed {seed}: {state}")
         return {"seed": seed, "batch": B, "rule": rule, "lr": lr, "steps": steps, "warmup": warmup,
@@ -292,15 +297,13 @@ class BatchSize(Experiment):
             txt = "；".join(f"B {a}→{b}：{p['mean']:+.3f}" + ("（超过种子波动）" if p["beyond_noise"] else "（在波动之内）")
                            for a, b, p in gaps)
             parts.append(f"相邻两档逐种子配对的差（大 B − 小 B）：{txt}。")
-        small_half = [B for B in batches if B <= best_B]
         if best_B == batches[0]:
-            parts.append("在这个预算下 batch 越小越好：每个 token 都换来了一次更新，而在这么小的 batch 上梯度噪声还没有成为瓶颈。")
+            parts.append("在这个预算下 batch 越小越好：同样的 token，小 batch 换来更多次更新，这比每步梯度更嘈杂的代价更值。")
         elif best_B == batches[-1]:
             parts.append("在这个预算下 batch 越大越好——与“同样 token 数、小 batch 更新次数多”的直觉相反；可能是小 batch 的学习率"
                          "（按规则缩小后）太小了。")
         else:
             parts.append(f"loss 在 B={best_B} 附近最低：更小的 batch 更新次数多但每步噪声大，更大的 batch 每步准但步数太少。")
-        del small_half
         # 目标 loss 与临界 batch
         a = analysis[main]
         if a["targets"]:
@@ -320,11 +323,17 @@ class BatchSize(Experiment):
             ok = [(l, f) for l, f in fits if f["ok"]]
             for l, f in fits:
                 if f["ok"]:
-                    parts.append(f"按 McCandlish 的 E(B) = E_min + S_min·B 拟合（目标 {l:.3f}，{len(t0['batches_reaching']) if l == t0['loss'] else '部分'} 个 B）："
+                    parts.append(f"按 McCandlish 的 E(B) = E_min + S_min·B 拟合（目标 {l:.3f}，用了达到它的 {f['n_batches']} 个 B）："
                                  f"S_min ≈ {f['S_min']:.0f} 步、E_min ≈ {f['E_min']:.0f} 个序列，临界 batch B_crit = E_min/S_min ≈ "
                                  f"{f['B_crit']:.1f} 个序列（{f['B_crit'] * T:,.0f} 个 token），R² = {f['r2']:.2f}。")
                 else:
                     parts.append(f"目标 {l:.3f}：{f['reason']}。")
+                if l == t0["loss"] and f["ok"]:
+                    bc = f["B_crit"]
+                    lo_b, hi_b = batches[0], batches[-1]
+                    parts.append(f"照这个拟合：B={lo_b} 要 S_min 的 {1 + bc / lo_b:.2f} 倍步数、E_min 的 {1 + lo_b / bc:.2f} 倍 token；"
+                                 f"B={hi_b} 要 S_min 的 {1 + bc / hi_b:.2f} 倍步数、却要 E_min 的 {1 + hi_b / bc:.2f} 倍 token"
+                                 "——B 远小于 B_crit 时省 token、费步数，远大于时省步数、费 token；B = B_crit 时两者都是最少值的 2 倍。")
             if len(ok) >= 2:
                 increasing = all(f2["B_crit"] >= f1["B_crit"] for (_, f1), (_, f2) in zip(ok, ok[1:]))
                 trend = "、".join(f"{f['B_crit']:.1f}（loss {l:.3f}）" for l, f in ok)

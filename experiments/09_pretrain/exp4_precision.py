@@ -88,7 +88,7 @@ class Precision(Experiment):
     default_threads = 1
 
     def add_arguments(self, parser):
-        parser.add_argument("--steps", type=int, default=None, help="每次训练的步数（默认：快速 120，完整 300）")
+        parser.add_argument("--steps", type=int, default=None, help="每次训练的步数（默认：快速 100，完整 300）")
         parser.add_argument("--window", type=int, default=None, help="每个计时窗口的步数（默认：快速 10，完整 15）")
         parser.add_argument("--widths", type=int, nargs="+", default=None, metavar="H",
                             help="只测速度的其他宽度 hidden_size（默认 64 256；4 层、4 头，batch 与主实验相同）")
@@ -103,6 +103,9 @@ class Precision(Experiment):
     def run(self):
         pieces = getattr(self, "pieces", None) or resolve_pieces(self.impl)
         self.record_provenance({"pieces": pieces.provenance, "fallbacks": pieces.fallbacks})
+        if pieces.fallbacks:
+            self.note("注意：这次有部件用的是参考实现（你的还没实现）：" + "、".join(pieces.fallbacks)
+                      + "；结果 JSON 的 provenance 里逐个记着来源。")
         from kata.train import PRESETS
 
         if self.device != "cpu":
@@ -121,11 +124,11 @@ class Precision(Experiment):
         lr = self.args.lr or preset["train"]["lr"]
         shape = dict(preset["model"]) if not self.smoke else dict(hidden_size=32, num_hidden_layers=1,
                                                                    num_attention_heads=2, num_key_value_heads=1)
-        steps = self.args.steps or self.by_mode(smoke=4, quick=120, full=300)
+        steps = self.args.steps or self.by_mode(smoke=4, quick=100, full=300)
         window = self.args.window or self.by_mode(smoke=1, quick=10, full=15)
         widths = self.args.widths or self.by_mode(smoke=[16], quick=[64, 256], full=[64, 256])
         widths = [h for h in widths if h != shape["hidden_size"]]
-        sweep_pairs = self.by_mode(smoke=2, quick=4, full=6)
+        sweep_pairs = self.by_mode(smoke=2, quick=3, full=6)
         seeds = self.seeds(full=3, quick=2, smoke=1)
         warmup = max(1, round(0.05 * steps))
         final_seqs = self.by_mode(smoke=8, quick=512, full=512)
@@ -303,7 +306,7 @@ class Precision(Experiment):
         inf = [r["final_val_loss_bf16_inference"] - r["final_val_loss"] for r in runs["bf16"]
                if math.isfinite(r.get("final_val_loss_bf16_inference", float("nan"))) and math.isfinite(r["final_val_loss"])]
         if inf:
-            parts.append(f"同一个 bf16 训练的模型，用 bf16 推理比用 float32 推理的 held-out loss 平均差 {statistics.fmean(inf):+.4f}。")
+            parts.append(f"同一个 bf16 训练的模型，用 bf16 推理比用 float32 推理的 held-out loss 平均差 {statistics.fmean(inf):+.5f}。")
         parts.append("速度只在这台机器、这个线程数上成立（见 JSON 里的 cpu 与 versions）；机器忙时墙钟时间被拉长，"
                      "所以看逐对之比和 CPU 时间，而不是单个 tokens/s。minimind 的 trainer/train_pretrain.py 默认 --dtype bfloat16，"
                      "但只在 GPU 上打开 autocast，在 CPU 上 autocast_ctx 是 nullcontext（也就是 float32）；"
