@@ -36,10 +36,19 @@ HELD_OUT = {
                               'if "RANK" not in os.environ:\n        dist.init_process_group("gloo", rank=0, world_size=1)\n'
                               '        return 0, 1, ("cuda" if torch.cuda.is_available() else "cpu")',
                               "test_setup_single"),
+    # 直接把 model(x) 当 logits：kata train 的 TinyLM 返回 (logits, loss)、MiniMindForCausalLM 返回带 .logits 的对象
+    "logits_not_unwrapped": ("logits = _logits_of(model(x)).float()", "logits = model(x).float()", "test_evaluate_"),
+    # 忽略 batch_size：整个验证集一次塞进模型
+    "eval_ignores_batch_size": ("for start in range(0, len(mine), batch_size):\n            xs, ys = zip(*(dataset[i] for i in mine[start:start + batch_size]))",
+                                "for start in range(0, len(mine), len(mine)):\n            xs, ys = zip(*(dataset[i] for i in mine))",
+                                "test_evaluate_"),
+    # 训练前没有 net.train()：刚评估完（eval 模式）的模型在 dropout 关着的状态下训练
+    "pretrain_without_train_mode": ("    net.train()\n", "", "test_pretrain_trains_in_train_mode"),
 }
 
 CONCEPT_WORDS = ("label", "右移", "样本", "padding", "−100", "rank", "批次", "epoch", "seed", "bpb", "nll", "token",
-                 "字节", "init_process_group", "单进程", "torchrun")
+                 "字节", "init_process_group", "单进程", "torchrun", "logits",
+                 "batch_size", "train 模式")
 
 
 @pytest.mark.parametrize("name", sorted(HELD_OUT))

@@ -33,6 +33,10 @@ HELD_OUT = {
     "zero_instead_of_ignore": (
         "labels = [IGNORE_INDEX] * n",
         "labels = [0] * n"),
+    # 先遍历检查、再 list()：传进来的是生成器时检查已经把它耗尽，数据集静悄悄地变成空的
+    "one_shot_iterable_consumed": (
+        "if isinstance(conversations, (str, bytes, Mapping)) or not isinstance(conversations, Sequence):",
+        "if isinstance(conversations, (str, bytes, Mapping)):"),
 }
 
 CONCEPT_WORDS = ("模板", "labels", "loss", "掩码", "生成提示", "截断", "padding", "input_ids", "<|im_end|>", "−100",
