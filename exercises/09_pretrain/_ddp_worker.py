@@ -77,7 +77,8 @@ def main() -> int:
         result["params"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         result["ckpt_exists"] = ckpt.exists()
         ev = ns.evaluate(model, ns.PretrainDataset(val_tokens(), SEQ), batch_size=2)
-        result["eval"] = {"loss": float(ev["loss"]), "bpb": float(ev["bpb"])}
+        result["eval"] = {k: (ev[k] if k in ("tokens", "bytes") else float(ev[k])) for k in ("loss", "bpb", "tokens", "bytes")
+                          if k in ev}
         result["mean_of_ranks"] = float(ns.all_reduce_mean(float(rank + 1)))
         ns.cleanup_distributed()
         result["initialized_after_cleanup"] = dist.is_initialized()

@@ -261,6 +261,11 @@ def _check_eval(got, nll, n_tok, n_bytes, what, section=EVAL):
     require(abs(gb - bpb) <= EVAL_TOL * max(1, bpb),
             f"{what}：期望 bpb = 总 nll / ln 2 / 字节数 = {nll:.6f} / {math.log(2):.6f} / {n_bytes:g} = {bpb:.6f}，"
             f"实际 {gb:.6f}" + ("\n  " + "；".join(hints) if hints else ""), BPB)
+    got_counts = tuple(got.get(k) for k in ("tokens", "bytes"))
+    require(all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in got_counts)
+            and (round(got_counts[0]), round(got_counts[1])) == (round(n_tok), round(n_bytes)),
+            f"{what}：evaluate 还应返回 \"tokens\"（参与平均的 token 数，即非 −100 的 label 数）= {n_tok:g} 和 "
+            f"\"bytes\"（这些 token 的字节数）= {n_bytes:g}，实际 tokens={got_counts[0]!r}、bytes={got_counts[1]!r}", EVAL)
 
 
 def test_evaluate_uniform_logits_give_log_vocab(impl):
