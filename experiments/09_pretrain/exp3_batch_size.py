@@ -37,12 +37,28 @@ from kata.plots import label, new_figure  # noqa: E402
 
 RULES = ("sqrt", "linear")
 RULE_ZH = {"sqrt": "√ 规则", "linear": "线性规则"}
+EVAL_RATIO = 2 ** (1 / 3)  # 评估点按步数几何分布：每 3 个点步数翻一倍
 SPEEDUP_THRESHOLD = 1.5   # 翻倍 batch 后步数只少到 1/1.5 以下 → “不再减半”（McCandlish 模型里这恰是 B_crit/2 → B_crit 那次翻倍）
 
 
 def lr_for(rule: str, batch: int, base_batch: int, base_lr: float) -> float:
     power = 0.5 if rule == "sqrt" else 1.0
     return base_lr * (batch / base_batch) ** power
+
+
+def eval_points(steps: int, ratio: float = None) -> list:
+    """在哪些步数之后评估：1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, …（按 ratio 几何增长）直到 steps。
+
+    几何间隔让“容易的目标”（训练早期就达到）在小 batch、步数多的训练里也有足够细的插值，
+    又不至于在几百步的训练里评估几百次。
+    """
+    ratio = ratio or EVAL_RATIO
+    pts, x = set(), 1.0
+    while x < steps:
+        pts.add(int(round(x)))
+        x *= ratio
+    pts.add(steps)
+    return sorted(p for p in pts if 1 <= p <= steps)
 
 
 def crossing(tokens: list, losses: list, target: float):
@@ -104,7 +120,7 @@ class BatchSize(Experiment):
         parser.add_argument("--base-batch", type=int, default=16, help="学习率的参照 batch B₀（默认 16，同 kata train 的 tiny 预设）")
         parser.add_argument("--base-lr", type=float, default=3e-3, help="B₀ 时的峰值学习率 lr₀（默认 3e-3，同 tiny 预设）")
         parser.add_argument("--tokens", type=int, default=None,
-                            help="每次训练的 token 预算（默认：快速 131072，完整 196608；会向上取整到 max(B)·seq_len·评估次数 的倍数）")
+                            help="每次训练的 token 预算（默认：快速 131072，完整 196608；会向上取整到 max(B)·seq_len 的倍数）")
         parser.add_argument("--seq-len", type=int, default=64, help="序列长度（默认 64）")
 
     def execute(self):
@@ -129,11 +145,9 @@ class BatchSize(Experiment):
         rules = {"sqrt": ["sqrt"], "linear": ["linear"], "both": ["sqrt", "linear"]}[
             self.args.rules or self.by_mode(smoke="both", quick="sqrt", full="both")]
         B0, lr0 = self.args.base_batch, self.args.base_lr
-        n_evals = self.by_mode(smoke=2, quick=16, full=12)
-        grain = max(batches) * T * n_evals
+        grain = max(batches) * T
         budget = self.args.tokens or self.by_mode(smoke=1024, quick=131072, full=196608)
         budget = grain * math.ceil(budget / grain)
-        eval_interval = budget // n_evals
         eval_seqs = self.by_mode(smoke=8, quick=128, full=128)        # 中途评估：held-out 前 128 段（8192 个字符）
         final_seqs = self.by_mode(smoke=8, quick=512, full=512)       # 最后一次：前 512 段（32768 个字符）
         seeds = self.seeds(full=3, quick=2, smoke=1)
@@ -142,7 +156,7 @@ class BatchSize(Experiment):
         cfg = model_config(corpus.tokenizer.vocab_size, T, **shape)
         warmup_frac = 0.05
         self.config(model=cfg.to_dict(), batch_sizes=batches, rules=rules, base_batch=B0, base_lr=lr0,
-                    token_budget=budget, seq_len=T, eval_every_tokens=eval_interval, eval_seqs=eval_seqs,
+                    token_budget=budget, seq_len=T, eval_steps=f"0 and round({EVAL_RATIO:.4f}^k) up to the last step (geometric)", eval_seqs=eval_seqs,
                     final_eval_seqs=final_seqs, warmup_frac=warmup_frac, min_lr_ratio=0.1, weight_decay=0.1,
                     betas=(0.9, 0.95), grad_clip=1.0, speedup_threshold=SPEEDUP_THRESHOLD,
                     lr_rule={"sqrt": "lr0*sqrt(B/B0)", "linear": "lr0*B/B0"},
@@ -163,7 +177,7 @@ class BatchSize(Experiment):
                     runs[(rule, B)] = runs[("sqrt", B)]   # 两条规则在 B₀ 处完全相同：不重复训练
                     continue
                 runs[(rule, B)] = [self._train_one(pieces, cfg, train_ds, val_ds, rule, B, lr_for(rule, B, B0, lr0),
-                                                   budget, T, eval_interval, eval_seqs, final_seqs, s, warmup_frac)
+                                                   budget, T, eval_seqs, final_seqs, s, warmup_frac)
                                    for s in seeds]
 
         analysis = {rule: self._analyse(runs, rule, batches, T) for rule in rules}
@@ -176,24 +190,24 @@ class BatchSize(Experiment):
                 "unigram_baseline_val_loss": unigram, "n_params": n_params, "token_budget": budget}
 
     # ------------------------------------------------------------------------------------------
-    def _train_one(self, pieces, cfg, train_ds, val_ds, rule, B, lr, budget, T, eval_interval, eval_seqs,
+    def _train_one(self, pieces, cfg, train_ds, val_ds, rule, B, lr, budget, T, eval_seqs,
                    final_seqs, seed, warmup_frac) -> dict:
         steps = budget // (B * T)
         warmup = max(1, round(warmup_frac * steps))
         model = build_model(pieces, cfg, seed).to(self.device)
         run = TrainRun(pieces, model, train_ds, val_ds, steps=steps, batch=B, lr=lr, warmup=warmup, seed=seed)
-        per_eval = eval_interval // (B * T)
         curve_tokens, curve_loss = [0], [run.evaluate(eval_seqs)]
         from tqdm import tqdm
         bar = tqdm(total=steps, desc=f"{rule} B={B} seed {seed}", disable=None if self.progress else True,
                    leave=False, dynamic_ncols=True, unit="step")
         try:
-            while not run.done:
-                bar.update(run.advance(per_eval))
-                if run.diverged_at is None:
-                    curve_tokens.append(run.step * B * T)
-                    curve_loss.append(run.evaluate(eval_seqs))
-                    bar.set_postfix(val=f"{curve_loss[-1]:.3f}", refresh=False)
+            for point in eval_points(steps):
+                bar.update(run.advance(point - run.step))
+                if run.diverged_at is not None:
+                    break
+                curve_tokens.append(run.step * B * T)
+                curve_loss.append(run.evaluate(eval_seqs))
+                bar.set_postfix(val=f"{curve_loss[-1]:.3f}", refresh=False)
         finally:
             bar.close()
         final = run.evaluate(final_seqs)   # 拿来比较的最终 loss 用更多的 held-out 样本（更准）；曲线上的点都用同样的 eval_seqs 段
@@ -214,7 +228,9 @@ class BatchSize(Experiment):
         if not mean_curve:
             return {"targets": [], "note": "所有 batch 大小都发散了"}
         best_of = {B: min(l for l in c[1] if math.isfinite(l)) for B, c in mean_curve.items()}
-        hi = max(best_of.values()) + 0.02            # 每个 B（种子平均）都达到的最难目标
+        per_run_best = [min(l for l in r["curve_val_loss"] if math.isfinite(l)) for B in mean_curve
+                        for r in runs[(rule, B)] if r["diverged_at"] is None]
+        hi = max(per_run_best) + 0.01                # 每个没发散的训练（每个 B、每个种子）都达到的最难目标
         lo = min(best_of.values()) + 0.05            # 只有最好的几个 B 达到
         levels = [hi] + ([(hi + lo) / 2, lo] if lo < hi - 0.04 else [])
         targets = []
