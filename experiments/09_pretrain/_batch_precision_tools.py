@@ -108,6 +108,7 @@ def resolve_pieces(impl: str, own_module: str = "09_pretrain", say=print) -> Pie
             if side in kata_impl.SIDES or side.startswith("bug:"):
                 raise
             ns = ref   # 外部实现的目录里没有这个模块的文件：用参考实现
+            say(f"--impl {impl} 里没有 {module} 的文件（{str(exc).splitlines()[0]}）：{name} 改用参考实现 solutions/{module}/。")
             pieces.fallbacks.append(name)
             pieces.provenance[name] = {"impl": "solutions", "fallback": True,
                                        "reason": str(exc).splitlines()[0]}

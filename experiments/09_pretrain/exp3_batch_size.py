@@ -28,7 +28,6 @@ import math  # noqa: E402
 import statistics  # noqa: E402
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from _batch_precision_tools import TrainRun, build_model, model_config, resolve_pieces  # noqa: E402
 from kata.arms import paired  # noqa: E402
@@ -308,7 +307,6 @@ class BatchSize(Experiment):
             p = paired(runs[(main, a)], runs[(main, b)])
             if p["n"]:
                 gaps.append((a, b, p))
-        beyond = [(a, b, p) for a, b, p in gaps if p["beyond_noise"]]
         if n_seeds > 1 and gaps:
             txt = "；".join(f"B {a}→{b}：{p['mean']:+.3f}" + ("（超过种子波动）" if p["beyond_noise"] else "（在波动之内）")
                            for a, b, p in gaps)
