@@ -53,7 +53,6 @@ SAFETENSORS_DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "I64": (torch.int64, 8), "I32": (torch.int32, 4), "I16": (torch.int16, 2), "I8": (torch.int8, 1),
     "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1),
 }
-_MAX_HEADER = 100 * 1024 * 1024      # safetensors 规定 JSON 头不超过 100 MB；更大的长度说明前 8 个字节就坏了
 _LFS_POINTER = b"version https://git-lfs"
 
 
@@ -87,8 +86,6 @@ def parse_safetensors(data: bytes, name: str = "safetensors 数据") -> dict[str
         raise WeightsFormatError(
             f"{name} 的开头说 JSON 头有 {n} 字节，但后面只剩 {len(data) - 8} 字节：文件被截断了（下载不完整？），"
             "或者它根本不是 safetensors 文件")
-    if n > _MAX_HEADER:
-        raise WeightsFormatError(f"{name} 的 JSON 头长度 {n} 字节超过了 safetensors 允许的 100 MB：文件头已损坏")
     try:
         header = json.loads(data[8:8 + n].decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -188,9 +185,7 @@ def config_from_hf(hf: Mapping, *, qk_norm: Optional[bool] = None, source: str =
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise WeightsFormatError(f"{source} 的 hidden_act 是 {act!r}：kata 的 FeedForward 是 SwiGLU，只支持 \"silu\"")
-    kw = {k: hf[k] for k in _COPIED if k in hf}
-    if kw.get("intermediate_size") is None:
-        kw.pop("intermediate_size", None)     # MiniMind2 存的是 null：按 int(8h/3) 向上取整到 64 算
+    kw = {k: hf[k] for k in _COPIED if k in hf}      # intermediate_size: null（MiniMind2）→ 按 int(8h/3) 向上取整到 64
     heads = kw.get("num_attention_heads", 8)
     hidden = kw.get("hidden_size", 512)
     if hf.get("head_dim") is not None and heads and hf["head_dim"] * heads != hidden:
@@ -211,8 +206,7 @@ def config_from_hf(hf: Mapping, *, qk_norm: Optional[bool] = None, source: str =
                 raise WeightsFormatError(f"{source} 的 {k}={hf[k]!r}：kata 的模型只支持 {k}={neutral!r}")
         kw.setdefault("tie_word_embeddings", False)   # transformers 的 Qwen3Config 默认不绑定
     kw["qk_norm"] = (mt == "qwen3") if qk_norm is None else bool(qk_norm)
-    handled = _COPIED | _BOOKKEEPING | _MOE | {"use_moe", "hidden_act", "head_dim", "rope_scaling",
-                                              "inference_rope_scaling", "rope_theta"}
+    handled = _COPIED | _BOOKKEEPING | _MOE | {"use_moe", "hidden_act", "head_dim", "rope_scaling", "inference_rope_scaling"}
     if mt == "qwen3":
         handled |= set(_QWEN3_NEUTRAL) | _QWEN3_IGNORED
     unknown = sorted(k for k in hf if k not in handled)
@@ -220,7 +214,7 @@ def config_from_hf(hf: Mapping, *, qk_norm: Optional[bool] = None, source: str =
         warnings.warn(f"{source} 里这些字段 kata 不认识，已忽略：{unknown}", stacklevel=2)
     try:
         return MiniMindConfig(**kw)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
         raise WeightsFormatError(f"{source} 的配置不成立：{exc}") from None
 
 
@@ -420,7 +414,7 @@ def _kata_config(d: dict, f: Path) -> MiniMindConfig:
                                  f"（有不认识的字段 {unknown[:5]}）")
     try:
         return MiniMindConfig(**d)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
         raise WeightsFormatError(f"{f} 的配置不成立：{exc}") from None
 
 

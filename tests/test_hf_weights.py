@@ -13,6 +13,7 @@ import os
 import struct
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -242,6 +243,7 @@ def _with_header(header) -> bytes:
 BAD = {
     "空文件": (b"", "连开头 8 字节"),
     "不到 8 字节": (b"\x05\0\0", "连开头 8 字节"),
+    "只有头长度 0": (struct.pack("<Q", 0), "不是合法的 UTF-8 JSON"),
     "截断（少了数据）": (_valid()[:-3], "超出了数据区"),
     "截断（少了头）": (_valid()[:20], "被截断"),
     "头长度是乱码": (b"\xff" * 8 + b"{}", "被截断"),
@@ -271,6 +273,18 @@ def test_corrupt_safetensors_give_a_chinese_error_naming_the_cause(case):
     data, expect = BAD[case]
     with pytest.raises(hw.WeightsFormatError, match=expect):
         hw.parse_safetensors(data, "model.safetensors")
+
+
+def test_read_safetensors_takes_str_paths_and_says_when_it_cannot_read(tmp_path):
+    (tmp_path / "a.safetensors").write_bytes(_valid())
+    assert hw.read_safetensors(str(tmp_path / "a.safetensors"))["v"].tolist() == [1.0, 2.0]
+    with pytest.raises(hw.WeightsFormatError, match="读不了"):
+        hw.read_safetensors(tmp_path / "missing.safetensors")
+
+
+def test_reader_accepts_any_bytes_like():
+    for data in (bytearray(_valid()), memoryview(_valid())):
+        assert hw.parse_safetensors(data)["w"].tolist() == [1.0, 2.0]
 
 
 def test_adjacent_tensors_are_not_an_overlap():
@@ -307,7 +321,9 @@ def test_qwen3_export_of_minimind3():
     d = {"model_type": "qwen3", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
          "head_dim": 16, "attention_bias": False, "use_sliding_window": False, "sliding_window": None,
          "max_window_layers": 8, "rope_parameters": None}
-    got = hw.config_from_hf(d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # qwen3 的这些字段取中性值时是已知的：不该有“不认识”的警告
+        got = hw.config_from_hf(d)
     assert got.qk_norm is True and got.tie_word_embeddings is False
     assert hw.config_from_hf(d | {"tie_word_embeddings": True}).tie_word_embeddings is True
     with pytest.raises(hw.WeightsFormatError, match="attention_bias"):
@@ -323,6 +339,7 @@ def test_qwen3_export_of_minimind3():
     ({"head_dim": 32}, "head_dim"),
     ({"rope_scaling": {"type": "linear", "factor": 2}}, "YaRN"),
     ({"num_attention_heads": 5}, "整除"),
+    ({"num_attention_heads": 0, "num_key_value_heads": 0}, "配置不成立"),
 ])
 def test_bad_hf_configs_are_refused(change, expect):
     d = hf_config(small_config()) | change
