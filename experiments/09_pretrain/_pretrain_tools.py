@@ -118,7 +118,7 @@ class Parts:
                 probe(obj)
         except NotImplementedError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "NotImplementedError"
-            print(f"你的 {name} 还没实现（{first[:80]}）：这次用参考实现 solutions/{module}/，"
+            print(f"你的 {name} 还没实现（{first}）：这次用参考实现 solutions/{module}/，"
                   f"结果 JSON 的 provenance 里记着。")
             self.fallbacks.append(name)
             self.source[name] = {"module": module, "impl": "solutions", "fallback_from": self.impl,

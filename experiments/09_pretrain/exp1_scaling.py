@@ -33,12 +33,13 @@ from kata.plots import label, new_figure  # noqa: E402
 # (hidden, 层数)：宽和深一起长，头维固定 16（头数 = hidden / 16）
 SIZES = {
     "smoke": [(16, 1), (16, 2), (24, 2)],
-    "quick": [(16, 1), (16, 2), (24, 2), (32, 2), (48, 3)],
-    "full": [(16, 1), (16, 2), (24, 2), (32, 2), (48, 3), (64, 4)],
+    "quick": [(8, 1), (16, 1), (16, 2), (24, 2), (32, 2), (48, 3)],
+    "full": [(8, 1), (16, 1), (16, 2), (24, 2), (32, 2), (48, 3), (64, 4)],
 }
 # 最大的模型训练多少步（= 固定 token 数的那一点）；小模型便宜，多训练一些，让“固定计算量”的切片两边都有点
 FIX_STEPS = {"smoke": 8, "quick": 320, "full": 640}
-EXTRA = 1.25          # 每小一号，步数 ×1.25（不超过一个 epoch）
+EXTRA = 1.25          # 每小一号，步数 ×1.25（不超过 MAX_EPOCHS 遍训练集）
+MAX_EPOCHS = 2        # 几千参数的模型记不住 100 万个字符，看第二遍和看新数据差别不大；结论里写明看了几遍
 BATCH, SEQ = 16, 64
 KAPLAN_ALPHA_N = 0.076        # Kaplan et al. 2020 式 (1.1)：L(N) = (N_c / N)^0.076（非嵌入参数，训练到收敛）
 KAPLAN_ALPHA_C = 0.050        # 式 (1.3)：沿计算最优前沿 L(C_min) ∝ C_min^(−0.050)
@@ -80,7 +81,7 @@ class Scaling(Experiment):
         sizes = SIZES[self.mode]
         fix_steps = self.args.fix_steps or FIX_STEPS[self.mode]
         epoch_steps = len(train_ds) // BATCH
-        steps = [min(epoch_steps, round(fix_steps * EXTRA ** (len(sizes) - 1 - i))) for i in range(len(sizes))]
+        steps = [min(MAX_EPOCHS * epoch_steps, round(fix_steps * EXTRA ** (len(sizes) - 1 - i))) for i in range(len(sizes))]
         fix_steps = min(fix_steps, min(steps))
         warmup = self.by_mode(smoke=2, quick=20, full=30)
         lr = self.args.lr
@@ -101,7 +102,8 @@ class Scaling(Experiment):
                     epoch_steps=epoch_steps)
         print(f"部件：{parts.describe()}。")
         print(f"{len(sizes)} 个尺寸 × {len(seeds)} 个种子；batch {BATCH} × 序列 {SEQ}，学习率 {lr:g}（warmup {warmup} 步后不变）；"
-              f"最大的模型训练 {steps[-1]} 步，最小的 {steps[0]} 步（一个 epoch = {epoch_steps} 步）。")
+              f"最大的模型训练 {steps[-1]} 步，最小的 {steps[0]} 步（一个 epoch = {epoch_steps} 步）；"
+              f"6N 的 N = 非嵌入参数（Kaplan et al. 2020 的约定）。")
 
         runs = {i: [] for i in range(len(sizes))}
         counts = {}
@@ -203,8 +205,16 @@ class Scaling(Experiment):
             v = parabola_vertex(xs, ys)
             n_opt = math.exp(v["vertex"]) if math.isfinite(v["vertex"]) else float("nan")
             best_i = min(av, key=lambda t: t[1])[0] if av else None
+            # 没有落在范围内时，最好的已训练尺寸若在边上，至少给出一个界：最优 N ≤（或 ≥）它
+            bound = None
+            if not v["bracketed"] and best_i is not None and len(av) >= 2:
+                tpp_best = C / (6 * N[best_i] ** 2)
+                if best_i == av[0][0]:
+                    bound = (">=", tpp_best)      # 最优的 N 比最小的还小 → tokens/参数 ≥ 这个数
+                elif best_i == av[-1][0]:
+                    bound = ("<=", tpp_best)
             return {"C": C, "sizes": [i for i, _ in av], "losses": ys, "bracketed": v["bracketed"], "n_opt": n_opt,
-                    "coef": v["coef"], "best_sampled": best_i,
+                    "coef": v["coef"], "best_sampled": best_i, "bound": bound,
                     "tokens_per_param": C / (6 * n_opt * n_opt) if v["bracketed"] else float("nan"),
                     "tokens_per_total_param": (C / (6 * n_opt)) / _total_of(n_opt) if v["bracketed"] else float("nan")}
 
@@ -217,11 +227,11 @@ class Scaling(Experiment):
             cs = {i: curve(runs[i][k], N[i]) for i in runs}
             iso_seed.append([iso(cs, C) for C in slices_C])
         br = [x for x in iso_mean if x["bracketed"]]
-        n_exp = loglog_fit([x["C"] for x in br], [x["n_opt"] for x in br]) if len(br) >= 2 else None
+        n_exp = loglog_fit([x["C"] for x in br], [x["n_opt"] for x in br]) if len(br) >= 3 else None
         n_exp_seed = []
         for sl in iso_seed:
             b2 = [x for x in sl if x["bracketed"]]
-            if len(b2) >= 2:
+            if len(b2) >= 3:
                 n_exp_seed.append(loglog_fit([x["C"] for x in b2], [x["n_opt"] for x in b2])["slope"])
 
         rows = []
@@ -231,7 +241,8 @@ class Scaling(Experiment):
             rows.append([f"{x['C']:.2e}", "、".join(f"{cfgs[i].hidden_size}×{cfgs[i].num_hidden_layers}" for i in x["sizes"]),
                          f"{cfgs[x['best_sampled']].hidden_size}×{cfgs[x['best_sampled']].num_hidden_layers}",
                          _fmt_n(x["n_opt"]) if x["bracketed"] else "不在范围内",
-                         f"{x['tokens_per_param']:.1f}" if x["bracketed"] else "—",
+                         f"{x['tokens_per_param']:.1f}" if x["bracketed"] else
+                         (f"{'≥' if x['bound'][0] == '>=' else '≤'} {x['bound'][1]:.1f}" if x["bound"] else "—"),
                          f"{x['tokens_per_total_param']:.1f}" if x["bracketed"] else "—",
                          (fmt_mean_std(fin, ".1f") + (f"（{len(fin)}/{len(per_seed)} 个种子找到）" if len(fin) < len(per_seed) else ""))
                          if fin else "—"])
@@ -271,18 +282,28 @@ class Scaling(Experiment):
             f"验证 loss 从 {m[0]:.3f} 降到 {m[-1]:.3f}。对数坐标最小二乘 L ∝ N^(−α)：{a_txt}，R² = {fit_mean['r2']:.3f}。")
         verdict["alpha_N"] = a_s
         verdict["r2"] = fit_mean["r2"]
-        flattening = len(local) >= 3 and local[-1] < 0.5 * max(local[:-1])
+        k = len(N) // 2
+        lower_fit = loglog_fit(N[:k + 1], m[:k + 1])
+        upper_fit = loglog_fit(N[len(N) - 1 - k:], m[len(N) - 1 - k:])
+        a_lo, a_hi = -lower_fit["slope"], -upper_fit["slope"]
+        verdict["alpha_smaller_half"], verdict["alpha_larger_half"] = a_lo, a_hi
+        flattening = len(N) >= 4 and a_hi < 0.6 * a_lo
+        steepening = len(N) >= 4 and a_hi > 1.5 * a_lo
         verdict["flattening"] = flattening
         loc = "、".join(f"{x:.3f}" for x in local)
+        halves = (f"小的一半尺寸上 α = {a_lo:.3f}，大的一半上 α = {a_hi:.3f}"
+                  f"（相邻两个尺寸之间的局部斜率依次是 {loc}）")
         if flattening:
             parts_txt.append(
-                f"但这条线并不直：相邻两个尺寸之间的局部斜率依次是 {loc}，越大的模型在这个 D 上收益越小——"
-                f"D 固定时大模型看不到足够的数据（最大的模型每个参数只见过 {D_fix / N[-1]:.1f} 个字符），"
-                "曲线在往“数据不够”的平台弯，单一幂律只是粗略的描述。")
-        elif fit_mean["r2"] >= 0.98:
-            parts_txt.append(f"相邻尺寸之间的局部斜率 {loc}：在这个范围里一条幂律描述得不错。")
+                f"但这条线在弯：{halves}——越大的模型在这个 D 上收益越小。一个可能的原因是 D 固定时大模型看不到足够的数据"
+                f"（最大的模型每个参数只见过 {D_fix / N[-1]:.1f} 个字符），曲线在往“数据不够”的平台弯；单一幂律只是粗略的描述。")
+        elif steepening:
+            parts_txt.append(f"这条线越往大越陡：{halves}。最小的几个模型也许小到连字符的基本统计都学不全，单一幂律只是粗略的描述。")
+        elif fit_mean["r2"] >= 0.97:
+            parts_txt.append(f"{halves}：两半的斜率相差不大，在这个范围里一条幂律描述得不错"
+                             f"（虽然最大的模型每个参数只见过 {D_fix / N[-1]:.1f} 个字符）。")
         else:
-            parts_txt.append(f"相邻尺寸之间的局部斜率 {loc}，R² 不高：单一幂律描述得不好。")
+            parts_txt.append(f"{halves}；R² 不高：单一幂律描述得不好。")
         ratio = (a_s["mean"] if a_s["n"] else -fit_mean["slope"]) / KAPLAN_ALPHA_N
         parts_txt.append(
             f"Kaplan et al. 2020 的 α_N ≈ {KAPLAN_ALPHA_N}（训练到收敛、BPE token、非嵌入参数约 10^3 到 10^9）；这里的 α 是它的 {ratio:.1f} 倍——"
@@ -295,25 +316,43 @@ class Scaling(Experiment):
             verdict["alpha_C"] = -fit_front["slope"]
         br = [x for x in iso_mean if x["bracketed"]]
         verdict["isoflop_bracketed"] = f"{len(br)}/{len(iso_mean)}"
+        lower = [x["bound"][1] for x in iso_mean if x["bound"] and x["bound"][0] == ">="]
+        upper = [x["bound"][1] for x in iso_mean if x["bound"] and x["bound"][0] == "<="]
+        verdict["tokens_per_param_bounds"] = {"at_least": lower, "at_most": upper}
+        bound_txt = ""
+        if lower or upper:
+            bits = []
+            if lower:
+                bits.append(f"{len(lower)} 个切片里最小的那个尺寸就是最好的（最优点还要更小），只能说 tokens/参数 ≥ "
+                            + "、".join(f"{v:.0f}" for v in lower))
+            if upper:
+                bits.append(f"{len(upper)} 个切片里最大的那个尺寸最好，只能说 tokens/参数 ≤ " + "、".join(f"{v:.0f}" for v in upper))
+            bound_txt = "其余切片只给出界：" + "；".join(bits) + "。"
         if br:
             tpp = [x["tokens_per_param"] for x in br]
             tpt = [x["tokens_per_total_param"] for x in br]
             seed_tpp = [x["tokens_per_param"] for sl in iso_seed for x in sl if x["bracketed"]]
             verdict["tokens_per_param"] = {"min": min(tpp), "max": max(tpp), "median": statistics.median(tpp),
                                            "per_total_param_median": statistics.median(tpt),
-                                           "per_seed": summarize(seed_tpp)}
+                                           "per_seed_pooled": summarize(seed_tpp)}
             med = statistics.median(tpp)
             parts_txt.append(
                 f"固定计算量：{len(iso_mean)} 个 IsoFLOP 切片里有 {len(br)} 个的抛物线最低点落在已训练的尺寸之间；"
-                f"最优的 tokens/参数在 {min(tpp):.1f} 到 {max(tpp):.1f} 之间（中位数 {med:.1f}；按全部参数数是 "
-                f"{statistics.median(tpt):.1f}）" + (f"，逐种子 {fmt_mean_std(seed_tpp, '.1f')}" if len(seeds) > 1 and seed_tpp else "")
-                + "。")
+                f"那里最优的 tokens/参数是 " + "、".join(f"{v:.0f}" for v in tpp) + f"（中位数 {med:.1f}；按全部参数数是 "
+                f"{statistics.median(tpt):.1f}）" + (f"，逐种子（切片与种子合在一起）{fmt_mean_std(seed_tpp, '.1f')}"
+                                                     if len(seeds) > 1 and len(seed_tpp) > 1 else "") + "。" + bound_txt)
             fac = med / CHINCHILLA_TPP
             if 0.5 <= fac <= 2:
                 rel = f"与 Hoffmann et al. 2022 的 ≈ {CHINCHILLA_TPP:.0f} 在 2 倍以内"
             else:
                 rel = f"是 Hoffmann et al. 2022 的 ≈ {CHINCHILLA_TPP:.0f} 的 {fac:.1f} 倍"
-            parts_txt.append(f"这{rel}。")
+            consistent = all(v > CHINCHILLA_TPP for v in tpp + lower) if fac > 2 else (
+                all(v < CHINCHILLA_TPP for v in tpp + upper) if fac < 0.5 else None)
+            extra = ""
+            if consistent is True:
+                extra = ("，所有能定下来的数和界都在同一侧：在这个尺度、这个设置下，计算最优的模型"
+                         + ("比 “20 tokens/参数” 更小、看更多数据" if fac > 2 else "比 “20 tokens/参数” 更大、看更少数据"))
+            parts_txt.append(f"这{rel}{extra}。")
             if n_exp is not None:
                 e_seed = summarize(n_exp_seed)
                 e_txt = f"{n_exp['slope']:.2f}" + (f"（逐种子 {fmt_mean_std(n_exp_seed, '.2f')}）" if e_seed["n"] > 1 else "")
@@ -322,10 +361,16 @@ class Scaling(Experiment):
                     f"Hoffmann et al. 2022 表 2：0.46–0.50，模型和数据各一半）。只有 {len(br)} 个切片、C 只跨 "
                     f"{math.log10(br[-1]['C'] / br[0]['C']):.1f} 个数量级，这个指数很粗。")
                 verdict["n_opt_exponent"] = n_exp["slope"]
+            else:
+                parts_txt.append(f"落在范围内的切片只有 {len(br)} 个，不够拟合 N_opt ∝ C^a 的指数"
+                                 "（Kaplan et al. 2020：a ≈ 0.73；Hoffmann et al. 2022 表 2：0.46–0.50）。")
+        elif not iso_mean:
+            parts_txt.append("固定计算量：没有哪个计算量同时被至少 3 个尺寸的训练曲线覆盖，做不了 IsoFLOP 切片；"
+                             "需要更长的训练（完整模式）。")
         else:
             parts_txt.append(
-                f"固定计算量：{len(iso_mean)} 个 IsoFLOP 切片里没有一个的抛物线最低点落在已训练的尺寸之间"
-                "（最省的总是最小或最大的那个），这次的数据定不出最优的 tokens/参数；需要更宽的尺寸范围或更长的训练。")
+                f"固定计算量：{len(iso_mean)} 个 IsoFLOP 切片里没有一个的抛物线最低点落在已训练的尺寸之间，"
+                "这次的数据定不出最优的 tokens/参数。" + bound_txt + "需要更宽的尺寸范围或更长的训练。")
         # 能说明多少
         caveats = [f"最大的模型（{_fmt_n(N_tot[-1])} 个参数）是 MiniMind2-small（{MINIMIND2_SMALL / 1e6:.1f}M）的 1/{MINIMIND2_SMALL / N_tot[-1]:.0f}",
                    f"尺寸只跨 {math.log10(span):.1f} 个数量级",
@@ -333,8 +378,9 @@ class Scaling(Experiment):
                    f"共享的 lm_head 矩阵乘又是 {100 * head[0]:.0f}% / {100 * head[-1]:.0f}%（Kaplan 的 6N 在 d_model 远大于 n_ctx/12 时才准）",
                    "一个字符 token 的信息量远少于一个 BPE token，tokens/参数不能直接对比",
                    "学习率没有按尺寸调、也没有退火（中途的评估点才能当作合法的运行）"]
-        if max(steps) >= epoch_steps:
-            caveats.append("最小的模型把训练集看了整整一遍")
+        epochs = max(steps) / epoch_steps
+        if epochs >= 1:
+            caveats.append(f"最小的模型把训练集看了 {epochs:.1f} 遍（缩放定律的论文假设数据不重复）")
         if len(seeds) > 1 and a_s["n"] > 1:
             gaps = [m[i] - m[i + 1] for i in range(len(m) - 1)]
             noise = statistics.fmean(summarize(fixed[i])["std"] or 0 for i in range(len(N)))
@@ -347,7 +393,7 @@ class Scaling(Experiment):
         elif fit_mean["r2"] >= 0.9 and m[-1] < m[0]:
             so = "所以这些数字只看到了一半：固定数据时 loss 随 N 近似幂律下降，但固定计算量时的最优大小这次没有定出来；"
         else:
-            so = "所以这次连缩放的形状都没有看清楚（幂律拟合得不好），下面的数只能当作记录；"
+            so = "所以这次连缩放的形状都没有看清楚（幂律拟合得不好），上面的数只能当作记录；"
         parts_txt.append("能说明多少：" + "；".join(caveats) + "。" + so +
                          "它们不能用来推算大模型该用多少数据——Hoffmann et al. 2022 的 ≈ 20 来自 400 多次运行、"
                          "7000 万到 160 亿参数、50 亿到 5000 亿 token。")

@@ -41,6 +41,17 @@ MINIMIND2_SMALL = (8, 512)     # MiniMind2-small：8 层 × 512
 KAPLAN_ALPHA_N = 0.076         # Kaplan et al. 2020：L ∝ N^(−0.076)，用来估计参数量的小差别值多少 loss
 
 
+def gap_curve(a_runs, b_runs):
+    """每个评估点上 b − a 的验证 loss（先按种子配对相减，再平均）；只用两边都没发散的种子。"""
+    a = {r["seed"]: r for r in a_runs if r["diverged_at"] is None}
+    pairs = [(a[r["seed"]], r) for r in b_runs if r["diverged_at"] is None and r["seed"] in a]
+    if not pairs:
+        return [], []
+    steps = pairs[0][1]["eval_steps"]
+    gaps = [statistics.fmean(rb["val_loss"][i] - ra["val_loss"][i] for ra, rb in pairs) for i in range(len(steps))]
+    return steps, gaps
+
+
 class DepthVsWidth(Experiment):
     name = "exp2_depth_vs_width"
     module = "09_pretrain"
@@ -147,6 +158,17 @@ class DepthVsWidth(Experiment):
                    + "。")
         out.append(describe_paired(p, wide.zh, deep.zh, expected="lower", fmt=".4f"))
         verdict["deep_minus_wide"] = {"mean": p["mean"], "se": p["se"], "beyond_noise": p["beyond_noise"]}
+        steps_c, gaps = gap_curve(wide.runs, deep.runs)
+        verdict["deep_minus_wide_curve"] = {"steps": steps_c, "gap": gaps}
+        if len(gaps) >= 3:
+            mid_i = len(gaps) // 2
+            g1, g2 = gaps[mid_i], gaps[-1]
+            trend = ("在缩小" if abs(g2) < abs(g1) * 0.8 else "在扩大" if abs(g2) > abs(g1) * 1.25 else "差不多")
+            text = (f"差距随训练的变化（同一段验证集，种子平均，深 − 宽）：第 {steps_c[0]} 步 {gaps[0]:+.3f}，第 {steps_c[mid_i]} 步 "
+                    f"{g1:+.3f}，第 {steps_c[-1]} 步 {g2:+.3f}——{trend}。")
+            if trend == "在缩小" and g2 > 0:
+                text += "深的模型在追赶：训练更久结论可能会变（这里没有测；可以用 --steps 加长试试）。"
+            out.append(text)
         if "deep_minus_mid" in cmp:
             for key, (a, b) in (("deep_minus_mid", ("mid", "deep")), ("mid_minus_wide", ("wide", "mid"))):
                 q = cmp[key]
