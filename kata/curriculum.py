@@ -257,6 +257,12 @@ MODULES: tuple[Module, ...] = (
         tier=3,
         files={"pretrain.py": ("PretrainDataset", "evaluate", "setup_distributed", "cleanup_distributed",
                                "rank_batch", "all_reduce_mean", "pretrain")},
+        experiments=(
+            "exp1_scaling.py",
+            "exp2_depth_vs_width.py",
+            "exp3_batch_size.py",
+            "exp4_precision.py",
+        ),
         hints=(
             "先写 PretrainDataset：第 i 个样本取 ids[i*T : i*T + T + 1]，x = 前 T 个，y = 后 T 个（右移一位）；"
             "len = ceil((N − 1) / T)；最后一个样本不满时 x 补 pad_id、y 补 −100。读 teaching.md §2.1–§2.2。",
@@ -281,6 +287,11 @@ MODULES: tuple[Module, ...] = (
         question="从续写到回答：对话模板、loss 掩码，和自己的模型聊天",
         tier=3,
         files={"sft.py": ("apply_chat_template", "SFTDataset")},
+        experiments=(
+            "exp1_loss_mask.py",
+            "exp2_pretraining_matters.py",
+            "exp3_epochs.py",
+        ),
         hints=(
             "先写 apply_chat_template：每条消息渲染成 f\"<|im_start|>{role}\\n{content}<|im_end|>\\n\"，按顺序拼起来；"
             "add_generation_prompt=True 时末尾再加 ASSISTANT_HEADER（\"<|im_start|>assistant\\n\"）。没有系统提示就不加，"
