@@ -160,6 +160,7 @@ class DepthVsWidth(Experiment):
         verdict["deep_minus_wide"] = {"mean": p["mean"], "se": p["se"], "beyond_noise": p["beyond_noise"]}
         steps_c, gaps = gap_curve(wide.runs, deep.runs)
         verdict["deep_minus_wide_curve"] = {"steps": steps_c, "gap": gaps}
+        trend = None
         if len(gaps) >= 3:
             mid_i = len(gaps) // 2
             g1, g2 = gaps[mid_i], gaps[-1]
@@ -189,9 +190,9 @@ class DepthVsWidth(Experiment):
         slow = speed["deep"] / speed["wide"]
         verdict["deep_speed_over_wide"] = slow
         out.append(f"速度（每 CPU 秒训练的 token）：{deep.zh} {speed['deep']:,.0f}，{wide.zh} {speed['wide']:,.0f}——"
-                   f"同样的参数、同样的 6N FLOPs，深的那个慢 {100 * (1 - slow):.0f}%："
-                   "层数多意味着更多串行的小矩阵乘和更多次 kernel 调用，小模型在 CPU 上吃亏的是调用开销；"
-                   "MobileLLM 也把延迟列为深而窄的代价。" if slow < 1 else
+                   f"参数与 6N FLOPs 几乎相同，深的那个慢 {100 * (1 - slow):.0f}%："
+                   "层数多意味着更多串行的小矩阵乘和更多次算子调用，小模型在 CPU 上吃亏的是调用开销"
+                   "（生成时每个 token 也要串行走完所有层，推理延迟同理）。" if slow < 1 else
                    f"速度（每 CPU 秒训练的 token）：{deep.zh} {speed['deep']:,.0f}，{wide.zh} {speed['wide']:,.0f}——这次深的那个不慢。")
         ratio = {a.key: a.tag[0] / a.tag[1] for a in arms}
         mm = MINIMIND2_SMALL[1] / MINIMIND2_SMALL[0]
@@ -201,8 +202,10 @@ class DepthVsWidth(Experiment):
                     f"（{MOBILELLM_125M[0]} 层 × {MOBILELLM_125M[1]}），MiniMind2-small 是 {mm:.0f}（{MINIMIND2_SMALL[0]} 层 × "
                     f"{MINIMIND2_SMALL[1]}）——MiniMind 选的是更宽、更浅、在 GPU 上更快的形状。")
         elif p["beyond_noise"]:
-            tail = (f"方向与 MobileLLM（Liu et al. 2024）相反：这里浅而宽更好。可能的原因（没有实验验证）：只训练了 {steps} 步，"
-                    "深的模型优化得更慢；字符级、序列 64 的任务需要的“多步组合”有限；学习率没有按形状调。"
+            slow_start = (f"只训练了 {steps} 步，深的模型起步慢、还在追赶；" if trend == "在缩小" else
+                          f"差距在后半段没有缩小（见上），所以不只是深的模型起步慢；" if trend is not None else "")
+            tail = (f"方向与 MobileLLM（Liu et al. 2024）相反：这里浅而宽更好。可能的原因（没有实验验证）：{slow_start}"
+                    "字符级、序列 64 的任务需要的“多步组合”有限；学习率没有按形状调（同一个学习率对 8 层的残差流未必合适）。"
                     f"MiniMind2-small 的宽深比（hidden ÷ 层数）{mm:.0f}（{MINIMIND2_SMALL[0]} 层 × {MINIMIND2_SMALL[1]}）也是偏宽的选择，"
                     f"MobileLLM-125M 是 {mb:.0f}（{MOBILELLM_125M[0]} 层 × {MOBILELLM_125M[1]}）。")
         else:
