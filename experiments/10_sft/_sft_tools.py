@@ -84,9 +84,8 @@ def _probe_08(ns) -> None:
         ns.train_step(model, (x, x), torch.optim.SGD(model.parameters(), lr=0.1), max_grad_norm=1.0, lr=0.1)
 
 
-def kit(exp: Experiment) -> Kit:
-    """本模块的模板与数据集必须来自 --impl（还没写完 → ComponentNotImplemented，一句话）；06、08 没写完就退回参考实现。"""
-    impl = exp.impl
+def check_module_10(impl: str) -> None:
+    """本模块的 apply_chat_template / SFTDataset 在一个很小的例子上试一次；不行就抛 ComponentNotImplemented（一句话）。"""
     ns10 = kata_impl.resolve(MODULE, impl)
     try:
         _probe_10(ns10)
@@ -96,21 +95,51 @@ def kit(exp: Experiment) -> Kit:
     except Exception as exc:
         detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip(": ")
         raise ComponentNotImplemented("SFTDataset", impl, not_implemented_sentence("SFTDataset", impl, detail)) from exc
+
+
+class SFTExperiment(Experiment):
+    """本模块实验的基类：先检查参数（validate）和你的模板 / SFTDataset，再开始打印——不行时输出只有那一句话。"""
+
+    module = MODULE
+
+    def validate(self) -> None:
+        """子类检查自己的参数；有问题抛 kata.experiment.UsageError（一句话，退出码 1）。"""
+
+    def execute(self) -> dict:
+        if self.args is not None:
+            self.preflight()
+            self.validate()
+            check_module_10(self.impl)
+        return super().execute()
+
+
+def kit(exp: Experiment) -> Kit:
+    """本模块的模板与数据集必须来自 --impl（还没写完 → ComponentNotImplemented，一句话）；06、08 没写完就退回参考实现。"""
+    impl = exp.impl
+    check_module_10(impl)
+    ns10 = kata_impl.resolve(MODULE, impl)
     sources = {"apply_chat_template": impl, "SFTDataset": impl}
     prov = {MODULE: {"impl": impl, "files": _files(ns10, exp)}}
 
     def with_fallback(module, probe, get, what):
-        ns = kata_impl.resolve(module, impl)
+        if impl.startswith("bug:"):   # bug bank 的条目只替换模块 10 的部件；其余模块用参考实现
+            ref = kata_impl.resolve(module, "solutions")
+            prov[module] = {"impl": "solutions", "files": _files(ref, exp), "reason": f"{impl} 只替换模块 10 的部件"}
+            return ref, "solutions"
         try:
+            ns = kata_impl.resolve(module, impl)
             probe(get(ns))
             prov[module] = {"impl": impl, "files": _files(ns, exp)}
             return ns, impl
         except (NotImplementedError, ComponentNotImplemented) as exc:
             first = str(exc).splitlines()[0] if str(exc) else "NotImplementedError"
             exp.note(f"你的{what}还没写完（{first}）：这次用参考实现 solutions/{module}/。")
-            ref = kata_impl.resolve(module, "solutions")
-            prov[module] = {"impl": "solutions", "files": _files(ref, exp), "fallback_from": impl, "reason": first}
-            return ref, "solutions"
+        except (kata_impl.ImplLoadError, ValueError, LookupError, AttributeError) as exc:  # 例如 --impl bug:…、单个文件
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            exp.note(f"--impl {impl} 里没有可用的{what}（{first}）：这次用参考实现 solutions/{module}/。")
+        ref = kata_impl.resolve(module, "solutions")
+        prov[module] = {"impl": "solutions", "files": _files(ref, exp), "fallback_from": impl, "reason": first}
+        return ref, "solutions"
 
     ns06, src06 = with_fallback("06_transformer_block", _probe_06, lambda ns: ns.MiniMindForCausalLM,
                                 " MiniMindForCausalLM（模块 06）")
@@ -414,8 +443,9 @@ def user_turn_probe(model, tok, held, *, n_free: int, seed: int, device) -> dict
         text, closed = write_user_turn(model, tok, e.prompt[:cut], temperature=0.0, seed=0, device=device)
         full = e.prompt[:cut] + text
         mid.append({"prefix": e.prompt[:cut], "completion": text, "closed": closed,
-                    "well_formed": closed and is_task_question(full), "exact": closed and full == e.prompt})
+                    "well_formed": closed and is_task_question(full), "exact": closed and full == e.prompt,
+                    "empty": closed and not text.strip()})
     rate = lambda rows, key: sum(r[key] for r in rows) / max(len(rows), 1)  # noqa: E731
     return {"free_closed": rate(free, "closed"), "free_well_formed": rate(free, "well_formed"),
             "mid_closed": rate(mid, "closed"), "mid_well_formed": rate(mid, "well_formed"),
-            "mid_exact": rate(mid, "exact"), "free_samples": free[:6], "mid_samples": mid[:6]}
+            "mid_exact": rate(mid, "exact"), "mid_empty": rate(mid, "empty"), "free_samples": free[:6], "mid_samples": mid[:6]}

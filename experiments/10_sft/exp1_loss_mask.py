@@ -20,13 +20,13 @@ import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的�
 import _sft_tools as T  # noqa: E402
 from kata import sft_data as D  # noqa: E402
 from kata.arms import describe_paired, paired  # noqa: E402
-from kata.experiment import Experiment, fmt_mean_std, pad  # noqa: E402
+from kata.experiment import fmt_mean_std, pad  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
 
 ARMS = (("assistant", "只算助手回复（minimind）", "assistant only"), ("all", "每个 token 都算", "all tokens"))
 
 
-class LossMask(Experiment):
+class LossMask(T.SFTExperiment):
     name = "exp1_loss_mask"
     module = "10_sft"
     title = "实验 1：SFT 的 loss 掩码——只算助手回复 vs 整段对话都算（你的 SFTDataset）"
@@ -50,7 +50,7 @@ class LossMask(Experiment):
         pre_steps = a.pretrain_steps or self.by_mode(smoke=8, quick=300, full=600)
         sft_steps = a.sft_steps or self.by_mode(smoke=6, quick=300, full=600)
         n_eval = a.n_eval or self.by_mode(smoke=8, quick=48, full=96)
-        dim, layers = self.by_mode(smoke=(32, 1), quick=(64, 2), full=(96, 3))
+        dim, layers = self.by_mode(smoke=(32, 1), quick=(64, 2), full=(64, 2))
         batch, max_len, n_free = self.by_mode(smoke=(4, 96), quick=(16, 96), full=(16, 96)) + (
             self.by_mode(smoke=4, quick=24, full=48),)
         seeds = self.seeds(full=3, quick=1, smoke=1)
@@ -135,7 +135,9 @@ class LossMask(Experiment):
                 ["给半道题：替用户补完整并收尾", f"{before['user_turn']['mid_well_formed']:.0%}"] +
                 [cell(k, lambda r: r["user_turn"]["mid_well_formed"], ".0%") for k, *_ in ARMS],
                 ["给半道题：用 <|im_end|> 结束用户这一轮", f"{before['user_turn']['mid_closed']:.0%}"] +
-                [cell(k, lambda r: r["user_turn"]["mid_closed"], ".0%") for k, *_ in ARMS]]
+                [cell(k, lambda r: r["user_turn"]["mid_closed"], ".0%") for k, *_ in ARMS],
+                ["给半道题：什么也不补、直接 <|im_end|>", f"{before['user_turn']['mid_empty']:.0%}"] +
+                [cell(k, lambda r: r["user_turn"]["mid_empty"], ".0%") for k, *_ in ARMS]]
         self.print_table(["指标", "微调前"] + [zh for _, zh, _ in ARMS], rows, title="模型拿用户那一轮怎么办")
         for key, zh, _ in ARMS:
             r = ok[key][0]
@@ -169,15 +171,20 @@ class LossMask(Experiment):
                          f"{m(L, lambda r: r['answer_nll']):.3f}（每个 token 都算），只有 1 个种子，不判断是否超过波动。")
         if un_l < un_a - 0.1:
             parts.append(f"用户那一轮的差别很明显：每个 token 都算的模型把用户消息的 NLL 从 {un_0:.2f} 降到 {un_l:.2f} nats/token，"
-                         f"只算助手回复的模型是 {un_a:.2f}——前者花了一部分容量去学“用户会问什么”，后者从来没在用户的字上被要求过。")
+                         f"只算助手回复的模型是 {un_a:.2f}" + ("（比微调前还高：它只被要求写回答，用户的字反而更陌生了）" if un_a > un_0 + 0.1 else "")
+                         + "——前者花了一部分容量去学“用户会问什么”，后者从来没在用户的字上被要求过。")
         else:
             parts.append(f"用户消息的 NLL 两者相近（{un_a:.2f} vs {un_l:.2f}），与预期（整段都算的模型会学会预测用户的话）不符。")
         if fw_l > fw_a or mw_l > mw_a:
             parts.append(f"生成也看得出来：只给 <|im_start|>user 时，每个 token 都算的模型有 {fw_l:.0%} 的采样自己编出一道格式正确的题"
                          f"（只算助手回复：{fw_a:.0%}）；给半道题时，它替用户补完并收尾的比例是 {mw_l:.0%}（只算助手回复：{mw_a:.0%}）。"
-                         "也就是说它学会了扮演用户——部署时这就是“模型自问自答”的来源，也是 minimind 只在回复上算 loss 的原因之一。")
+                         "也就是说它学会了替用户说话；只在回复上算 loss（minimind 的做法）的模型没有学这件事。")
         else:
             parts.append(f"生成上没看出差别：自己编题 {fw_l:.0%} vs {fw_a:.0%}，补完半道题 {mw_l:.0%} vs {mw_a:.0%}。")
+        me_a = m(A, lambda r: r["user_turn"]["mid_empty"])
+        if me_a >= 0.3:
+            parts.append(f"只算助手回复的模型拿到半道题时，{me_a:.0%} 的情况下什么也不补、直接输出 <|im_end|>：它学到的是"
+                         "“在模板里写一小段就收尾”，而不是“用户的话该怎么说”。")
         return "".join(parts)
 
     # ---- 图 ----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import math  # noqa: E402
 import _sft_tools as T  # noqa: E402
 from kata import sft_data as D  # noqa: E402
 from kata.arms import PAIRED_HEADERS, describe_paired, paired, paired_row  # noqa: E402
-from kata.experiment import Experiment, fmt_mean_std, pad  # noqa: E402
+from kata.experiment import fmt_mean_std, pad  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
 
 ARMS = (("pretrained", "预训练底座", "pretrained"), ("scratch", "随机初始化", "from scratch"))
@@ -42,7 +42,7 @@ def smooth(xs, w=SMOOTH):
     return out
 
 
-class PretrainingMatters(Experiment):
+class PretrainingMatters(T.SFTExperiment):
     name = "exp2_pretraining_matters"
     module = "10_sft"
     title = "实验 2：预训练有没有用——预训练底座 vs 随机初始化，SFT 步数相同（你的模型与 SFTDataset）"
@@ -192,6 +192,9 @@ class PretrainingMatters(Experiment):
                      f"（均匀乱猜是 ln(词表 {ok['pretrained'][0]['vocab_size']}) = {ln_v:.2f}）。")
         if first_pre < first_scr - 0.1:
             parts.append("预训练带来的是“会写字”（字符的统计、空格和换行），SFT 在这上面只需要再学格式和任务。")
+        elif cmp["answer_nll"]["beyond_noise"] and cmp["answer_nll"]["mean"] > 0:
+            parts.append("两者微调前都还不会写答案（答案里的数字、中文字符在莎士比亚里很少见或根本没有，追加的新行是随机的），"
+                         "所以预训练的好处不是“本来就会答”，而是同样的 SFT 步数里学得更快。")
         return "".join(parts)
 
     def _plot(self, ok, steps):

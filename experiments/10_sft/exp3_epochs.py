@@ -19,11 +19,11 @@ import kata.experiment  # noqa: E402,F401  最先导入：它装好 Ctrl-C 的�
 
 import _sft_tools as T  # noqa: E402
 from kata import sft_data as D  # noqa: E402
-from kata.experiment import Experiment, fmt_mean_std  # noqa: E402
+from kata.experiment import fmt_mean_std  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
 
 
-class Epochs(Experiment):
+class Epochs(T.SFTExperiment):
     name = "exp3_epochs"
     module = "10_sft"
     title = "实验 3：小数据上反复训练——训练集 vs held-out 的精确匹配，什么时候开始死记（你的 SFTDataset）"
@@ -35,24 +35,26 @@ class Epochs(Experiment):
     def add_arguments(self, parser):
         parser.add_argument("--pretrain-steps", type=int, default=None, help="预训练步数（默认：快速 300，完整 600）")
         parser.add_argument("--n-small", type=int, default=None, help="小训练集的题数（默认：快速 48，完整 64）")
-        parser.add_argument("--epochs", type=int, default=None, help="epoch 数（默认：快速 25，完整 40）")
+        parser.add_argument("--epochs", type=int, default=None, help="epoch 数（默认：快速 30，完整 40）")
         parser.add_argument("--batch-size", type=int, default=8, help="batch 大小（默认 8）")
         parser.add_argument("--lr", type=float, default=3e-3, help="SFT 学习率（默认 3e-3，余弦衰减到 10%%）")
         parser.add_argument("--n-eval", type=int, default=None, help="held-out 题数（默认：快速 48，完整 64）")
         parser.add_argument("--memorised", type=float, default=0.9,
                             help="训练集精确匹配达到多少算“背下来了”（0–1，默认 0.9）")
 
+    def validate(self):
+        if self.args.memorised > 1:
+            from kata.experiment import UsageError
+
+            raise UsageError(f"--memorised 是比例，应在 0 到 1 之间，收到的是 {self.args.memorised}")
+
     def run(self):
         k = T.kit(self)
         corpus = self.load_corpus()
         a = self.args
-        if a.memorised > 1:
-            from kata.experiment import UsageError
-
-            raise UsageError(f"--memorised 是比例，应在 0 到 1 之间，收到的是 {a.memorised}")
         pre_steps = a.pretrain_steps or self.by_mode(smoke=6, quick=300, full=600)
         n_small = a.n_small or self.by_mode(smoke=8, quick=48, full=64)
-        epochs = a.epochs or self.by_mode(smoke=2, quick=25, full=40)
+        epochs = a.epochs or self.by_mode(smoke=2, quick=30, full=40)
         n_eval = a.n_eval or self.by_mode(smoke=8, quick=48, full=64)
         dim, layers = self.by_mode(smoke=(32, 1), quick=(64, 2), full=(64, 2))
         batch, max_len = a.batch_size, 96
@@ -171,6 +173,11 @@ class Epochs(Experiment):
         else:
             parts.append(f"held-out 的答案 NLL 没有明显回升（最低点在第 {'、'.join(map(str, best))} 个 epoch，最后比最低点高 "
                          f"{T.mean(rises):.2f} nats）：这次没看到典型的过拟合拐点。")
+        best_acc = [r["best_held_acc_epoch"] for r in runs]
+        peak = T.mean([r["best_held_acc"] for r in runs])
+        if peak > ho + 0.02:
+            parts.append(f"held-out 的精确匹配最高是在第 {'、'.join(map(str, best_acc))} 个 epoch（平均 {peak:.0%}），"
+                         f"最后只剩 {ho:.0%}：背题的那些 epoch 没有帮上新题，held-out 反而回落了。")
         gap = tr - ho
         parts.append(f"最后训练集与 held-out 的精确匹配相差 {gap:.0%}" +
                      ("：模型能复述见过的答案，却答不出同一任务的新实例。" if gap >= 0.3 else "。"))
