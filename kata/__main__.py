@@ -327,18 +327,14 @@ def cmd_quickstart(args) -> int:
 # 命令行
 # ---------------------------------------------------------------------------------------------
 
+# 子命令选错时的说法；其余的 argparse 报错由 kata.experiment 的中文参数解析器统一翻译
 _ARGPARSE_ZH = (
-    (r"the following arguments are required: (.*)", r"缺少参数：\1"),
     (r"argument (\S+): invalid choice: (\S+) \(choose from (.*)\)", r"没有这个命令：\2（可用的命令：\3）"),
-    (r"invalid choice: (\S+) \(choose from (.*)\)", r"没有这个选项：\1（可选：\2）"),
-    (r"unrecognized arguments: (.*)", r"不认识的参数：\1"),
-    (r"argument (\S+): expected one argument", r"\1 后面需要一个值"),
-    (r"argument (\S+): (.*)", r"参数 \1：\2"),
 )
 
 
 def _speak_chinese(parser):
-    """argparse 自己的报错是英文的：翻成中文后交给 kata.experiment 的中文参数解析器去显示。"""
+    """子命令的报错换成“没有这个命令”，再交给 kata.experiment 的中文参数解析器（它翻译其余的英文报错）去显示。"""
     original = parser.error
 
     def error(message):

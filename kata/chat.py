@@ -16,7 +16,10 @@ import torch
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kata.chat", description="和微调过的模型聊天（流式，停在 <|im_end|>）。")
+    from kata.experiment import _chinese_parser
+
+    p = _chinese_parser(prog="python -m kata chat", description="和微调过的模型聊天（流式，停在 <|im_end|>）。",
+                        allow_abbrev=False)
     p.add_argument("--ckpt", required=True, help="kata.sft 写的 model.pth（同目录有 config.json 与 tokenizer.json）")
     p.add_argument("--impl", default="exercises", choices=("exercises", "solutions"))
     p.add_argument("--system", default=None, help="系统提示（默认没有）")

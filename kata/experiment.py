@@ -686,8 +686,31 @@ class _ChineseHelpFormatter(argparse.RawDescriptionHelpFormatter):
         return super().add_usage(usage, actions, groups, prefix="用法：" if prefix is None else prefix)
 
 
+# argparse 自己的报错是英文的：按这张表翻成中文（第一条整句匹配的生效；都不匹配就原样显示）
+ARGPARSE_ZH = (
+    (r"the following arguments are required: (.*)", r"缺少参数：\1"),
+    (r"argument (\S+): invalid int value: (.*)", r"\1 应为整数，收到 \2"),
+    (r"argument (\S+): invalid float value: (.*)", r"\1 应为数字，收到 \2"),
+    (r"argument (\S+): invalid choice: (\S+) \(choose from (.*)\)", r"\1 没有这个选项：\2（可选：\3）"),
+    (r"invalid choice: (\S+) \(choose from (.*)\)", r"没有这个选项：\1（可选：\2）"),
+    (r"unrecognized arguments: (.*)", r"不认识的参数：\1"),
+    (r"argument (\S+): expected one argument", r"\1 后面需要一个值"),
+    (r"argument (\S+): (.*)", r"参数 \1：\2"),
+)
+
+
+def translate_argparse_message(message: str) -> str:
+    import re
+
+    for pattern, repl in ARGPARSE_ZH:
+        if re.fullmatch(pattern, message):
+            return re.sub(pattern, repl, message)
+    return message
+
+
 class _ChineseArgumentParser(argparse.ArgumentParser):
     def error(self, message):
+        message = translate_argparse_message(message)
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}：参数错误：{message}（用 --help 查看全部参数）\n")
 

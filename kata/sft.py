@@ -203,17 +203,6 @@ def evaluate_tasks(model, tok, template, examples, *, device="cpu", max_new_toke
 # 命令行
 # ---------------------------------------------------------------------------------------------
 
-# argparse 自己的报错是英文的：翻成中文（同 python -m kata 的做法）
-_ARGPARSE_ZH = (
-    (r"the following arguments are required: (.*)", r"缺少参数：\1"),
-    (r"argument (\S+): invalid int value: (.*)", r"\1 应为整数，收到 \2"),
-    (r"argument (\S+): invalid float value: (.*)", r"\1 应为数字，收到 \2"),
-    (r"argument (\S+): invalid choice: (\S+) \(choose from (.*)\)", r"\1 没有这个选项：\2（可选：\3）"),
-    (r"unrecognized arguments: (.*)", r"不认识的参数：\1"),
-    (r"argument (\S+): expected one argument", r"\1 后面需要一个值"),
-    (r"argument (\S+): (.*)", r"参数 \1：\2"),
-)
-
 EXAMPLES = """例子：
   python -m kata sft --ckpt runs/train/model.pth                       默认 600 步，输出到 runs/sft/
   python -m kata sft --ckpt runs/train/model.pth --steps 20            冒烟
@@ -229,22 +218,10 @@ Ctrl-C 随时可以按：resume.pth 与 model.pth 存好后退出（退出码 13
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import re
-
     from kata.experiment import _chinese_parser
 
     p = _chinese_parser(prog="python -m kata sft", allow_abbrev=False, epilog=EXAMPLES,
                         description="监督微调（模块 10）：用指令数据把预训练好的模型微调成会回答问题的模型。")
-    original = p.error
-
-    def error(message):
-        for pattern, repl in _ARGPARSE_ZH:
-            if re.fullmatch(pattern, message):
-                message = re.sub(pattern, repl, message)
-                break
-        original(message)
-
-    p.error = error
     p.add_argument("--ckpt", metavar="PATH", required=True,
                    help="kata train 写的 model.pth（同目录要有 config.json 与 tokenizer.json）")
     p.add_argument("--out", metavar="DIR", default=str(REPO_ROOT / "runs" / "sft"), help="输出目录（默认 runs/sft/）")

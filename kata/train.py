@@ -286,9 +286,10 @@ def _bool(v: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kata.train", description="从零预训练你自己的 MiniMind（模块 09）。",
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="预设：\n" + "\n".join(f"  {k}: {v['note']}" for k, v in PRESETS.items()))
+    from kata.experiment import _chinese_parser
+
+    p = _chinese_parser(prog="python -m kata train", description="从零预训练你自己的 MiniMind（模块 09）。",
+                        allow_abbrev=False, epilog="预设：\n" + "\n".join(f"  {k}: {v['note']}" for k, v in PRESETS.items()))
     p.add_argument("--impl", default="exercises", choices=("exercises", "solutions"),
                    help="用谁的代码（默认你的；没写完的部件自动用参考实现）")
     p.add_argument("--preset", default="cpu", choices=tuple(PRESETS))

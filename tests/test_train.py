@@ -106,6 +106,23 @@ def test_bad_arguments_exit_2_with_one_sentence(tmp_path, capsys):
     assert "--steps 应为正整数" in capsys.readouterr().err
 
 
+
+@pytest.mark.parametrize("module,argv,expected", [
+    ("kata.train", ["--steps", "x"], "--steps 应为整数，收到 'x'"),
+    ("kata.train", ["--preset", "huge"], "--preset 没有这个选项：'huge'"),
+    ("kata.train", ["--bogus"], "不认识的参数：--bogus"),
+    ("kata.chat", [], "缺少参数：--ckpt"),
+    ("kata.chat", ["--ckpt", "m.pth", "--temperature", "hot"], "--temperature 应为数字"),
+])
+def test_argparse_errors_are_chinese(module, argv, expected, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(module).main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and expected in err and "error:" not in err and "invalid" not in err, err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
