@@ -44,7 +44,7 @@ def _say(msg: str) -> None:
 
 
 def load_tokenizer(path, impl: str = "exercises", say=_say):
-    """(分词器, {"bos", "eos"})：Hugging Face 的 tokenizer.json 用模块 07 的 BPETokenizer.from_hf_json
+    """(分词器, {"bos", "eos", "added"})（见 kata.hf_weights.read_tokenizer_file）：Hugging Face 的 tokenizer.json 用模块 07 的 BPETokenizer.from_hf_json
     （你的还没写完就用参考实现，并说一声），kata 的 tokenizer.json 用 kata.train.tokenizer_from_spec。"""
     from kata.impl import resolve
     from kata.train import tokenizer_from_spec

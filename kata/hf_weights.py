@@ -274,7 +274,7 @@ def infer_config(sd: Mapping[str, torch.Tensor], *, num_attention_heads: Optiona
         notes.append(f"rms_norm_eps 从权重看不出来，用 {eps:g}（{'minimind-3' if qk_norm else 'MiniMind2'} 的值）")
     cfg = MiniMindConfig(hidden_size=hidden, num_hidden_layers=len(layers), num_attention_heads=heads,
                          num_key_value_heads=k[0] // head_dim, vocab_size=vocab, intermediate_size=gate[0],
-                         rms_norm_eps=eps, rope_theta=1e6, qk_norm=qk_norm,
+                         rms_norm_eps=eps, qk_norm=qk_norm,            # rope_theta：默认的 1e6，两版相同
                          tie_word_embeddings=tie_embeddings(sd, None, source))
     return cfg, notes
 

@@ -365,8 +365,9 @@ def test_infer_config_needs_the_head_count():
     assert (default.num_attention_heads, default.num_key_value_heads) == (8, 4) and any("默认的 8" in n for n in notes)
     assert any("rms_norm_eps" in n and "1e-05" in n for n in notes)
     assert hw.infer_config(sd, num_attention_heads=4, rms_norm_eps=1e-6)[0].rms_norm_eps == 1e-6
-    with pytest.raises(hw.WeightsFormatError, match="分不成 3 个头"):
-        hw.infer_config(sd, num_attention_heads=3)
+    for bad in (3, 0, -4):
+        with pytest.raises(hw.WeightsFormatError, match=f"分不成 {bad} 个头"):
+            hw.infer_config(sd, num_attention_heads=bad)
     with pytest.raises(hw.WeightsFormatError, match="k_proj"):
         hw.infer_config(sd, num_attention_heads=1)           # head_dim 64，k_proj 的 32 行不够一个头
 
@@ -375,6 +376,7 @@ def test_infer_config_reads_qk_norm_layout():
     cfg = small_config(hidden_size=64, num_attention_heads=4, num_key_value_heads=1, qk_norm=True, rms_norm_eps=1e-6)
     sd = hw.normalize_state_dict(make_model(cfg).state_dict())
     got, notes = hw.infer_config(sd)
+    assert any("q_norm" in n and "head_dim=16" in n for n in notes), notes
     assert got == replace(cfg, max_position_embeddings=32768), "有 q_norm 时 head_dim 就是它的长度，头数由此算出；eps 默认 minimind-3 的 1e-6"
     with pytest.raises(hw.WeightsFormatError, match="矛盾"):
         hw.infer_config(sd, num_attention_heads=8)
@@ -509,6 +511,15 @@ def test_minimind3_style_pth_with_qk_norm(tmp_path):
     write_tokenizer(tmp_path)
     got = kg.load(pth, "solutions", say=quiet)        # 同目录有 tokenizer.json：不用 --tokenizer
     assert got.config == replace(cfg, max_position_embeddings=32768)
+    assert torch.equal(logits(got.model), logits(rounded(model, torch.float16)))
+
+
+def test_untied_pth_is_recognised_from_the_weights(tmp_path):
+    model = make_model(small_config(tie_word_embeddings=False))
+    pth = _minimind_pth(tmp_path / "pretrain_512.pth", model)
+    write_tokenizer(tmp_path)
+    got = kg.load(pth, "solutions", say=quiet)
+    assert got.config.tie_word_embeddings is False, "embed_tokens 与 lm_head 不同：不绑定"
     assert torch.equal(logits(got.model), logits(rounded(model, torch.float16)))
 
 
