@@ -342,6 +342,11 @@ class BatchSize(Experiment):
                                  f"{f['B_crit']:.1f} 个序列（{f['B_crit'] * T:,.0f} 个 token），R² = {f['r2']:.2f}。")
                 else:
                     parts.append(f"目标 {l:.3f}：{f['reason']}。")
+                if l == t0["loss"] and f["ok"] and fs is not None:
+                    bc, a0 = f["B_crit"], fs["from"]
+                    agree = bc / 4 < a0 < bc
+                    parts.append(f"在这个模型里，1.5× 恰好是 B_crit/2 → B_crit（{bc / 2:.1f} → {bc:.1f}）那次翻倍的加速比；实测第一次低于 1.5× 的翻倍"
+                                 f"（{a0}→{2 * a0}）" + ("与拟合的 B_crit 吻合。" if agree else "与拟合的 B_crit 对不上——两种读法都受插值和种子波动影响，如实记录。"))
                 if l == t0["loss"] and f["ok"]:
                     bc = f["B_crit"]
                     lo_b, hi_b = batches[0], batches[-1]
@@ -375,14 +380,21 @@ class BatchSize(Experiment):
             if div_lin:
                 parts.append(f"线性规则在 B = {div_lin} 时发散（学习率被放大得太多）。")
             if better["sqrt"] > better["linear"]:
-                parts.append(f"√ 规则在 {better['sqrt']} 个 batch 大小上明显更好（线性规则 {better['linear']} 个）：与 Malladi et al. 2022 对 Adam 的分析一致"
-                             "——Adam 的步长已经被 √v 归一化，batch 变大时梯度噪声按 1/√B 变小，学习率跟着按 √B 放大就够了；"
-                             "线性规则在大 B 时把学习率放得太大、在小 B 时又压得太小。")
+                parts.append(f"√ 规则在 {better['sqrt']} 个 batch 大小上明显更好（线性规则 {better['linear']} 个）：与 Malladi et al. 2022 的结论一致"
+                             "——他们用随机微分方程近似推出，对 Adam，batch 乘 κ 时学习率乘 √κ 才保持同样的训练动态"
+                             "（论文里 β 与 eps 也随之调整，这里没有调）；线性规则是 Goyal et al. 2017 给 SGD 的。")
             elif better["linear"] > better["sqrt"]:
                 parts.append(f"这次线性规则在 {better['linear']} 个 batch 大小上明显更好（√ 规则 {better['sqrt']} 个），与 Malladi et al. 2022 "
                              "对 Adam 的预期相反——可能是 lr₀ 本身偏小，线性规则在大 B 时的更大学习率正好补上；如实记录。")
             else:
                 parts.append("两条规则之间没有系统性的、超过种子波动的差别。")
+            lin_wins = [B for B in batches if B != B0 and (p := paired(runs[("sqrt", B)], runs[("linear", B)]))["n"]
+                        and p["beyond_noise"] and p["mean"] < 0]
+            if lin_wins and better["sqrt"] > better["linear"]:
+                parts.append("例外：在 B = " + "、".join(str(B) for B in lin_wins) + " 线性规则更好（它给的学习率更大："
+                             + "、".join(f"{runs[('linear', B)][0]['lr']:.1e} vs {runs[('sqrt', B)][0]['lr']:.1e}" for B in lin_wins)
+                             + "），说明在那里 √ 规则外推出的学习率偏小——两条规则都只是从 lr₀ 外推，真正的最佳学习率要在每个 B 上扫出来"
+                               "（McCandlish et al. 2018 的 B_crit 也是在每个 B 调好学习率之后定义的）。")
         elif n_seeds > 1:
             parts.append("快速模式只跑了 √ 规则；完整模式另跑线性规则作对照。")
         if n_seeds == 1:

@@ -289,8 +289,8 @@ class Precision(Experiment):
             rs = [(h, sweep[h]["cpu"]["ratio_median"]) for h in sorted(sweep)]
             parts.append("不同宽度的 bf16/fp32 速度比（CPU 时间）：" + "，".join(others) + "。")
             if all(b[1] > a[1] for a, b in zip(rs, rs[1:])):
-                parts.append("模型越宽，bf16 越划算：autocast 每一步都要把 float32 权重转换成 bf16，这笔开销与矩阵乘的计算量之比"
-                             "在小矩阵上最大；矩阵变大后，bf16 矩阵乘本身省下的时间才占上风。")
+                parts.append("模型越宽，bf16 越划算。一个可能的原因（这里没有单独测）：autocast 每一步都要把 float32 权重转换成 bf16，"
+                             "这笔开销与矩阵乘的计算量之比在小矩阵上最大；矩阵变大后，bf16 矩阵乘本身省下的时间才占上风。")
             elif all(b[1] < a[1] for a, b in zip(rs, rs[1:])):
                 parts.append("这次模型越宽，bf16 反而越不划算——与“大矩阵更能吃到 bf16 的好处”的预期相反，如实记录。")
         if native is False and v == "slower":
