@@ -442,6 +442,14 @@ def test_mask_multi_turn_with_system_handwritten(impl):
                   "多轮 + 系统提示：每一个助手回复都进 loss（不只最后一个），系统提示和用户的话都不进")
 
 
+def test_mask_conversation_opening_with_the_assistant(impl):
+    conv = [{"role": "assistant", "content": "hi!"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    ids, labels = _ref_labels(conv, CHAR_TOK, len(CHAR_TOK.encode(_ref_template(conv))))
+    _check_labels(impl, conv, CHAR_TOK, len(ids), ids, labels,
+                  "对话以助手的话开头（助手先打招呼）：位置 0 就是 <|im_start|>assistant\\n，这条回复也进 loss"
+                  "（从第 0 个 token 开始找角色头，不要假定前面一定有用户的话）")
+
+
 @given(conversations(), st.integers(1, 120))
 def test_mask_matches_string_span_reference(impl, conv, max_length):
     ids, labels = _ref_labels(conv, CHAR_TOK, max_length)
