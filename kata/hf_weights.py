@@ -24,7 +24,7 @@ import re
 import struct
 import sys
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -376,7 +376,7 @@ class Checkpoint:
     kind: str                          # "kata" | "hf" | "minimind-pth"
     weights: Path
     tokenizer: Optional[Path]          # None：文件旁边没有，要 --tokenizer
-    notes: list = field(default_factory=list)
+    notes: list                        # 从形状推配置时做了哪些假设（中文，给用户看）
 
 
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")

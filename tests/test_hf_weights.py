@@ -585,6 +585,39 @@ def test_hf_folder_errors(tmp_path):
         hw.read_tokenizer_file(small_tok)
 
 
+def test_unreadable_json_files_are_named(tmp_path):
+    folder = write_hf_folder(tmp_path / "hf", make_model(small_config()))
+    conf = (folder / "config.json").read_text()
+    for text, expect in (("{oops", "读不了 .*config.json"), ("[1, 2]", "应是一个 JSON 对象")):
+        (folder / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=expect):
+            kg.load(folder, "solutions", say=quiet)
+    (folder / "config.json").write_text(conf)
+    (folder / "tokenizer_config.json").write_text("{oops")
+    with pytest.raises(ValueError, match="读不了 .*tokenizer_config.json"):
+        kg.load(folder, "solutions", say=quiet)
+    (folder / "tokenizer.json").write_text("{oops")
+    with pytest.raises(ValueError, match="读不了分词器"):
+        kg.load(folder, "solutions", say=quiet)
+
+
+def test_pth_files_are_read_with_weights_only(tmp_path, monkeypatch):
+    """torch < 2.6 的 torch.load 默认会执行 pickle 里的任意代码：kata 每次都明确要 weights_only=True。"""
+    model = make_model(small_config())
+    pth = _minimind_pth(tmp_path / "full_sft_512.pth", model)
+    write_tokenizer(tmp_path)
+    calls, real = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k) or real(*a, **k))
+    kg.load(pth, "solutions", say=quiet)
+    assert calls and all(k.get("weights_only") is True for k in calls), calls
+    evil = tmp_path / "evil" / "model.pth"
+    evil.parent.mkdir()
+    real_save = torch.save
+    real_save({"w": torch.zeros(1), "x": Path("/etc")}, evil)       # 不是纯张量的 pickle：weights_only 拒绝
+    with pytest.raises(ValueError, match="weights_only"):
+        kg.load(evil, "solutions", tokenizer=tmp_path, say=quiet)
+
+
 def test_extra_or_missing_keys_are_refused(tmp_path):
     model = make_model(small_config())
     sd = hf_state_dict(model)
