@@ -264,8 +264,8 @@ def _check_eval(got, nll, n_tok, n_bytes, what, section=EVAL):
     got_counts = tuple(got.get(k) for k in ("tokens", "bytes"))
     require(all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in got_counts)
             and (round(got_counts[0]), round(got_counts[1])) == (round(n_tok), round(n_bytes)),
-            f"{what}：evaluate 还应返回 \"tokens\"（参与平均的 token 数，即非 −100 的 label 数）= {n_tok:g} 和 "
-            f"\"bytes\"（这些 token 的字节数）= {n_bytes:g}，实际 tokens={got_counts[0]!r}、bytes={got_counts[1]!r}", EVAL)
+            f"{what}：evaluate 还应返回 \"tokens\"（参与平均的 token 数，即非 −100 的 label 数）= {round(n_tok)} 和 "
+            f"\"bytes\"（这些 token 的字节数）= {round(n_bytes)}，实际 tokens={got_counts[0]!r}、bytes={got_counts[1]!r}", EVAL)
 
 
 def test_evaluate_uniform_logits_give_log_vocab(impl):
@@ -278,6 +278,11 @@ def test_evaluate_uniform_logits_give_log_vocab(impl):
     _check_eval(got, 16 * math.log(vocab), 16, 16, "logits 全 0（均匀分布，每 token ln 8 nats = 3 bits）")
     got2 = impl.evaluate(model, ds, batch_size=2, token_bytes=torch.full((vocab,), 2))
     _check_eval(got2, 16 * math.log(vocab), 16, 32, "同上，但每个 token 占 2 字节（应是 1.5 bits/byte）", BPB)
+    big = 2 ** 24 + 1                          # float32 只有 24 位有效二进制位：大验证集的字节数、nll 之和会被舍入
+    got3 = impl.evaluate(model, ds, batch_size=2, token_bytes=torch.full((vocab,), big))
+    _check_eval(got3, 16 * math.log(vocab), 16, 16 * big,
+                f"同上，但每个 token 占 {big} 字节（总字节数 16·(2^24 + 1) 超出 float32 能精确表示的范围；"
+                "计数和求和要在 float64 或整数里做）", BPB)
 
 
 @given(n=st.integers(2, 40), seq_len=st.integers(1, 6), batch=st.integers(1, 5), seed=st.integers(0, 20))
@@ -463,10 +468,14 @@ def test_cleanup_without_process_group_is_a_no_op(impl):
 
 
 def test_all_reduce_mean_single_process_returns_the_value(impl):
-    for v in (2.5, torch.tensor(1.25), torch.tensor([3.0])):
+    for v in (2.5, torch.tensor(1.25), torch.tensor([3.0]), 0.1, 2 ** 24 + 1):
         got = impl.all_reduce_mean(v)
-        require(isinstance(got, float) and abs(got - float(torch.as_tensor(v).reshape(()))) < 1e-12,
-                f"单进程时 all_reduce_mean({v!r}) 应原样返回一个 Python float，实际 {got!r}", RANK0)
+        want = float(v) if isinstance(v, (int, float)) else float(v.reshape(()))
+        require(isinstance(got, float) and abs(got - want) < 1e-12,
+                f"单进程时 all_reduce_mean({v!r}) 应原样返回一个 Python float，实际 {got!r}"
+                + ("。在 float32 里算会丢精度（只有 24 位有效二进制位：0.1 变成 0.10000000149…，2^24 + 1 变成 2^24）——"
+                   "用 torch.float64" if isinstance(got, float) and got != want else ""),
+                RANK0)
 
 
 # ---------------------------------------------------------------------------------------------
