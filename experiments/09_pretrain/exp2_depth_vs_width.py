@@ -209,8 +209,8 @@ class DepthVsWidth(Experiment):
                     f"MiniMind2-small 的宽深比（hidden ÷ 层数）{mm:.0f}（{MINIMIND2_SMALL[0]} 层 × {MINIMIND2_SMALL[1]}）也是偏宽的选择，"
                     f"MobileLLM-125M 是 {mb:.0f}（{MOBILELLM_125M[0]} 层 × {MOBILELLM_125M[1]}）。")
         else:
-            tail = (f"在这个尺度、这么短的训练里，深度与宽度的取舍在种子间的波动之内——MobileLLM 说的效应在 1.25 亿参数、"
-                    f"训练上万亿 token 时才测得出来，这里既没有证实也没有否定它。宽深比（hidden ÷ 层数）："
+            tail = (f"在这个尺度、这么短的训练里，深度与宽度的取舍在种子间的波动之内——MobileLLM 说的效应是在 1.25 亿参数量级上"
+                    f"测到的，这里既没有证实也没有否定它。宽深比（hidden ÷ 层数）："
                     f"MiniMind2-small {mm:.0f}（{MINIMIND2_SMALL[0]} 层 × {MINIMIND2_SMALL[1]}），MobileLLM-125M {mb:.0f}（{MOBILELLM_125M[0]} 层 × "
                     f"{MOBILELLM_125M[1]}），这里的形状 " + "、".join(f"{ratio[a.key]:.0f}" for a in arms) + "。")
         out.append(tail)
