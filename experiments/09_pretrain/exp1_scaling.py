@@ -1,8 +1,8 @@
 """实验 1：缩放定律——模型大一点好，还是多看一些数据好？
 
-用**你的** MiniMindForCausalLM（模块 06）搭 5–6 个 MiniMind 形状的模型（hidden 16…64、1…4 层，参数量相差约 45 倍），
+用**你的** MiniMindForCausalLM（模块 06）搭 6–7 个 MiniMind 形状的模型（hidden 8…64、1…4 层，非嵌入参数相差约 100 倍），
 用你的 PretrainDataset / rank_batch（本模块）、AdamW / train_step（模块 08）在字符级 TinyShakespeare 上训练，
-一路在同一段验证集上用你的 evaluate 记录 loss。每个尺寸只训练一次（每个种子），学习率 warmup 之后保持不变——
+一路在同一段验证集上用你的 evaluate 记录 loss。每个尺寸只训练一次（每个种子；小模型便宜，训练得更久，最多看两遍训练集），学习率 warmup 之后保持不变——
 这样任何一个中途的评估点都是“只训练到这里”的一次合法运行，同一组训练就给出两种切法：
 
 1. **固定 token 数**：所有尺寸在同一个 token 数 D 上的 loss vs 参数量 N，对数坐标下最小二乘拟合幂律 L ∝ N^(−α)；
@@ -10,7 +10,7 @@
    （在各自的曲线上插值到 D = C / 6N），抛物线拟合（Hoffmann et al. 2022 的 IsoFLOP 做法）找出最省的 N，
    算出最优的 tokens / 参数，与 Hoffmann et al. 2022 的 ≈ 20 和 Kaplan et al. 2020 放在一起。
 
-为什么 N 用非嵌入参数：字符级词表只有 65 个，嵌入表（与 lm_head 共享）在最小的模型里占总参数的 ~20%，在最大的里 ~2%；
+为什么 N 用非嵌入参数：字符级词表只有 65 个，嵌入表（与 lm_head 共享）在最小的模型里占总参数的 ~22%，在最大的里 ~2%；
 查表本身不花 FLOPs。Kaplan et al. 2020 用非嵌入参数得到跨深度/宽度更干净的幂律，C ≈ 6NBS 里的 N 也是它；
 Hoffmann et al. 2022 数的是全部参数——所以 tokens/参数两种数法都报。lm_head 的矩阵乘（2·h·V / token）
 和注意力打分（2·n_layer·n_ctx·d / token）6N 都没算：它们占多少，脚本算出来写在表里。
@@ -60,7 +60,7 @@ class Scaling(Experiment):
     synthetic_reason = "缩放指数和最优 tokens/参数是语料本身的性质（多难预测、有多少可学的结构），合成语料上的数字与真实文本无关"
     title = "实验 1：缩放定律——固定 token 数与固定计算量下的 loss vs 参数量（你的 MiniMind）"
     description = (
-        "5–6 个 MiniMind 形状的模型（你的 MiniMindForCausalLM），用你的 PretrainDataset / rank_batch / AdamW / train_step\n"
+        "6–7 个 MiniMind 形状的模型（你的 MiniMindForCausalLM），用你的 PretrainDataset / rank_batch / AdamW / train_step\n"
         "训练、你的 evaluate 评估：固定 token 数时 loss vs 参数量的幂律拟合（完整模式 3 个种子：指数的 均值 ± 标准差），\n"
         "固定计算量 C ≈ 6ND 时的最优模型大小与 tokens/参数，与 Kaplan et al. 2020、Hoffmann et al. 2022 对照。"
     )
@@ -419,7 +419,6 @@ class Scaling(Experiment):
                     label=f"L ∝ N^{fit_mean['slope']:.3f}")
             ax.legend(fontsize="small")
         ax.set_xscale("log")
-        ax.set_yscale("log")
         ax.set_xlabel(label(("非嵌入参数 N", "non-embedding params N")))
         ax.set_ylabel(label(("验证 loss（nats/字符）", "val loss (nats/char)")))
         ax.set_title(label((f"固定 token 数 D = {D_fix:,}", f"fixed tokens D = {D_fix:,}")))
@@ -435,7 +434,6 @@ class Scaling(Experiment):
         for x in iso_mean:
             ax.axvline(x["C"], color="gray", lw=0.5, alpha=0.5)
         ax.set_xscale("log")
-        ax.set_yscale("log")
         ax.set_xlabel(label(("计算量 C = 6ND（FLOPs）", "compute C = 6ND (FLOPs)")))
         ax.set_ylabel(label(("验证 loss", "val loss")))
         ax.set_title(label(("loss vs 计算量（竖线 = IsoFLOP 切片）", "loss vs compute (lines = IsoFLOP slices)")))
@@ -468,7 +466,6 @@ class Scaling(Experiment):
                     label=label(("本实验（全部参数）", "this run (total N)")))
         ax.axhline(CHINCHILLA_TPP, color="k", ls=":", label="Hoffmann et al. 2022 ≈ 20")
         ax.set_xscale("log")
-        ax.set_yscale("log")
         ax.set_xlabel(label(("计算量 C（FLOPs）", "compute C (FLOPs)")))
         ax.set_ylabel(label(("最优 D / N", "optimal tokens per param")))
         ax.set_title(label(("计算最优的 tokens / 参数", "compute-optimal tokens per parameter")))
@@ -477,6 +474,9 @@ class Scaling(Experiment):
                     transform=ax.transAxes, ha="center", fontsize=9)
         ax.legend(fontsize="x-small")
         ax.grid(True, which="both", alpha=0.3)
+        from matplotlib.ticker import NullFormatter
+        for a in axes.flat:              # x 是对数轴：次刻度标签会挤成一团，只留主刻度的数字（y 用线性轴，范围不到一个数量级）
+            a.xaxis.set_minor_formatter(NullFormatter())
         fig.tight_layout()
         self.save_figure(fig, "scaling")
 
