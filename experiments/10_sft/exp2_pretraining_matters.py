@@ -80,6 +80,9 @@ class PretrainingMatters(T.SFTExperiment):
             return {"eval": T.exact_match(model, base.tok, k, held, self.device),
                     "answer_nll": T.span_nll(model, base.tok, k, held_convs, max_length=max_len, device=self.device)}
 
+        def measure_nll(model):
+            return T.span_nll(model, base.tok, k, held_convs, max_length=max_len, device=self.device)
+
         runs = {key: [] for key, *_ in ARMS}
         bases = []
         for s in seeds:
@@ -92,8 +95,8 @@ class PretrainingMatters(T.SFTExperiment):
                 model = T.fresh_model(k, base, pretrained=(key == "pretrained"), seed=s, device=self.device)
                 r = {"seed": s, "vocab_size": base.config.vocab_size, "before": measure(model)}
                 try:
-                    r["losses"] = T.sft_run(self, k, model, get, len(convs), steps=sft_steps, batch=batch, lr=a.lr,
-                                            seed=s, desc=f"{en} seed {s}")
+                    r["losses"], r["curve"] = self._sft_with_checkpoints(k, model, get, len(convs), sft_steps, batch,
+                                                                         a.lr, s, lambda: measure_nll(model), f"{en} seed {s}")
                 except FloatingPointError as exc:
                     self.note(f"[{zh}] 种子 {s} 的 SFT 发散：{exc}")
                     r["diverged"] = str(exc)
@@ -114,10 +117,44 @@ class PretrainingMatters(T.SFTExperiment):
         cmp = {m: paired(ok["pretrained"], ok["scratch"], metric=m)
                for m in ("answer_nll", "accuracy_all", "stop_rate", "final_loss")}
         catch = self._catch_up(ok)
+        gaps = self._gap_curve(ok)
         self._tables(ok, cmp, catch, len(seeds))
-        self._plot(ok, sft_steps)
-        self.conclude(self._conclusion(ok, cmp, catch, sft_steps, len(seeds)))
-        return {"runs": runs, "bases": bases, "paired": cmp, "catch_up": catch}
+        self.print_table(["SFT 步数", "预训练底座", "随机初始化"] + PAIRED_HEADERS[1:],
+                         [[g["step"], fmt_mean_std(g["pretrained"]), fmt_mean_std(g["scratch"])]
+                          + paired_row("预训练底座", "随机初始化", g["paired"])[1:] for g in gaps],
+                         title="held-out 答案 NLL 随 SFT 步数的变化（差 = 随机初始化 − 预训练底座）")
+        self._plot(ok, gaps)
+        self.conclude(self._conclusion(ok, cmp, catch, gaps, sft_steps, len(seeds)))
+        return {"runs": runs, "bases": bases, "paired": cmp, "catch_up": catch, "gap_curve": gaps}
+
+    def _sft_with_checkpoints(self, k, model, get, n, steps, batch, lr, seed, nll, desc):
+        """与 T.sft_run 完全相同的训练（同样的 batch 顺序、学习率曲线），只是在几个检查点上量一次 held-out 答案 NLL。"""
+        from tqdm import tqdm
+
+        order = list(T.batches_random(n, batch, steps, seed))
+        opt = T.new_optimizer(k, model, lr)
+        marks = sorted({max(1, steps * f // 10) for f in (1, 2, 4, 6, 8, 10)})
+        losses, curve, prev = [], [], 0
+        bar = tqdm(total=steps, desc=desc, disable=None if self.progress else True, leave=False, unit="step")
+        try:
+            for c in marks:
+                losses += T.sft_steps(self, k, model, get, order[prev:c], opt=opt, lr=lr, total_steps=steps, start=prev,
+                                      warmup=max(1, steps // 20), device=self.device, bar=bar)
+                curve.append({"step": c, "answer_nll": nll()})
+                prev = c
+        finally:
+            bar.close()
+        return losses, curve
+
+    def _gap_curve(self, ok):
+        """每个检查点上按种子配对的差（随机初始化 − 预训练底座）的答案 NLL。"""
+        out = []
+        for i, pt in enumerate(ok["pretrained"][0]["curve"]):
+            a = [{"seed": r["seed"], "v": r["curve"][i]["answer_nll"]} for r in ok["pretrained"]]
+            b = [{"seed": r["seed"], "v": r["curve"][i]["answer_nll"]} for r in ok["scratch"]]
+            out.append({"step": pt["step"], "pretrained": [x["v"] for x in a], "scratch": [x["v"] for x in b],
+                        "paired": paired(a, b, metric="v")})
+        return out
 
     def _catch_up(self, ok):
         """每个种子：预训练的变体（滑动平均后的）SFT loss 第一次不高于从零训练的最终 loss 是在第几步。"""
@@ -129,7 +166,8 @@ class PretrainingMatters(T.SFTExperiment):
                 continue
             target = other["final_loss"]
             sm = smooth(r["losses"])
-            step = next((i + 1 for i, v in enumerate(sm) if i + 1 >= SMOOTH and v <= target), None)
+            w = min(SMOOTH, len(sm))
+            step = next((i + 1 for i, v in enumerate(sm) if i + 1 >= w and v <= target), None)
             out.append({"seed": r["seed"], "scratch_final_loss": target, "step": step, "of": len(r["losses"])})
         return out
 
@@ -164,7 +202,7 @@ class PretrainingMatters(T.SFTExperiment):
             print("预训练底座追上“随机初始化的最终 SFT loss”所用的步数：" + "，".join(
                 f"种子 {c['seed']}：{c['step'] if c['step'] else '没追上'} / {c['of']}" for c in catch))
 
-    def _conclusion(self, ok, cmp, catch, steps, n_seeds):
+    def _conclusion(self, ok, cmp, catch, gaps, steps, n_seeds):
         m = lambda key, f: T.mean([f(r) for r in ok[key]])  # noqa: E731
         parts = [f"同样 {steps} 步 SFT：预训练底座的 held-out 精确匹配 {m('pretrained', lambda r: r['accuracy_all']):.1%}、"
                  f"答案 NLL {m('pretrained', lambda r: r['answer_nll']):.3f}；随机初始化 {m('scratch', lambda r: r['accuracy_all']):.1%}、"
@@ -175,7 +213,8 @@ class PretrainingMatters(T.SFTExperiment):
             hit = {key: [t for t in D.TASKS if m(key, lambda r: r["eval"]["accuracy"].get(t, 0.0)) > 0] for key, *_ in ARMS}
             parts.append("精确匹配几乎一样（配对差 {:+.1%}）。答对过的任务：预训练底座 {}，随机初始化 {}；".format(
                 acc["mean"], "、".join(hit["pretrained"]) or "没有", "、".join(hit["scratch"]) or "没有")
-                + "这么小的模型、这么短的 SFT，逐字答对还轮不到预训练来区分，差别体现在答案 token 的概率上。")
+                + "这么小的模型、这么短的 SFT，逐字答对还轮不到预训练来区分"
+                + ("，差别体现在答案 token 的概率上。" if cmp["answer_nll"]["beyond_noise"] else "。"))
         else:
             parts.append(describe_paired(acc, "预训练底座", "随机初始化", what="精确匹配", lower_is_better=False,
                                          expected="lower", fmt=".3f"))
@@ -185,6 +224,18 @@ class PretrainingMatters(T.SFTExperiment):
         elif catch:
             parts.append(f"看 loss 曲线：{len(catch) - len(steps_hit)}/{len(catch)} 个种子的预训练底座到最后也没达到随机初始化的最终 loss"
                          "——这与预期相反，如实记录。")
+        ahead = [g for g in gaps if g["paired"]["beyond_noise"] and g["paired"]["mean"] > 0]
+        if len(gaps) > 1 and n_seeds > 1:
+            g0, g1 = gaps[0], gaps[-1]
+            walk = "、".join(f"第 {g['step']} 步 {g['paired']['mean']:+.3f}" for g in gaps)
+            parts.append(f"答案 NLL 的配对差（随机初始化 − 预训练底座）随 SFT 步数的变化：{walk}。")
+            if ahead and not gaps[-1]["paired"]["beyond_noise"]:
+                parts.append(f"预训练底座的领先在第 {'、'.join(str(g['step']) for g in ahead)} 步超过了种子间的波动，到第 {g1['step']} 步"
+                             "已经在波动之内：在这些只要格式和简单规则的任务上，预训练让 SFT 起步更快，随机初始化多练一会儿就追上了。")
+            elif ahead:
+                parts.append(f"预训练底座的领先在第 {'、'.join(str(g['step']) for g in ahead)} 步超过了种子间的波动。")
+            else:
+                parts.append("没有哪个检查点上的差距超过种子间的波动：这个设置下没有测到预训练的好处。")
         first_pre = m("pretrained", lambda r: r["before"]["answer_nll"])
         first_scr = m("scratch", lambda r: r["before"]["answer_nll"])
         ln_v = math.log(ok["pretrained"][0]["vocab_size"])
@@ -197,10 +248,10 @@ class PretrainingMatters(T.SFTExperiment):
                          "所以预训练的好处不是“本来就会答”，而是同样的 SFT 步数里学得更快。")
         return "".join(parts)
 
-    def _plot(self, ok, steps):
+    def _plot(self, ok, gaps):
         import numpy as np
 
-        fig, axes = new_figure(1, 2, width=6.0, height=4.2)
+        fig, axes = new_figure(1, 3, width=5.2, height=4.2)
         ax = axes[0, 0]
         for key, zh, en in ARMS:
             curves = np.array([smooth(r["losses"]) for r in ok[key]])
@@ -213,6 +264,15 @@ class PretrainingMatters(T.SFTExperiment):
         ax.legend(fontsize="small")
         ax.grid(True, alpha=0.3)
         ax = axes[0, 1]
+        xs = [g["step"] for g in gaps]
+        for key, zh, en in ARMS:
+            ys = np.array([g[key] for g in gaps])
+            ax.errorbar(xs, ys.mean(1), yerr=ys.std(1), marker="o", capsize=3, label=label((zh, en)))
+        ax.set_xlabel(label(("SFT 步数", "SFT step")))
+        ax.set_ylabel(label(("held-out 答案 NLL（nats/token）", "held-out answer NLL")))
+        ax.legend(fontsize="small")
+        ax.grid(True, alpha=0.3)
+        ax = axes[0, 2]
         tasks = [t for t in D.TASKS if t in ok["pretrained"][0]["eval"]["accuracy"]] + ["all"]
         xs = np.arange(len(tasks))
         w = 0.38
