@@ -44,11 +44,19 @@ HELD_OUT = {
                                 "test_evaluate_"),
     # 训练前没有 net.train()：刚评估完（eval 模式）的模型在 dropout 关着的状态下训练
     "pretrain_without_train_mode": ("    net.train()\n", "", "test_pretrain_trains_in_train_mode"),
+    # 直接 torch.save 到 ckpt_path：写到一半被打断，旧的 checkpoint 也没了
+    "checkpoint_written_in_place": ("_atomic_save(model.state_dict(), Path(ckpt_path))",
+                                    "Path(ckpt_path).parent.mkdir(parents=True, exist_ok=True)\n"
+                                    "        torch.save(model.state_dict(), ckpt_path)", "test_pretrain_interrupted"),
+    # 没有任何要预测的 token 时用 max(n, 1) 兜底：静悄悄地报 loss 0
+    "empty_eval_reports_zero": ('    if n_tokens == 0:\n        raise ValueError("评估集里没有任何要预测的 token（labels 全是 −100）")\n'
+                                '    return {"loss": nll_sum / n_tokens',
+                                '    return {"loss": nll_sum / max(n_tokens, 1.0)', "test_evaluate_without_any"),
 }
 
 CONCEPT_WORDS = ("label", "右移", "样本", "padding", "−100", "rank", "批次", "epoch", "seed", "bpb", "nll", "token",
                  "字节", "init_process_group", "单进程", "torchrun", "logits",
-                 "batch_size", "train 模式")
+                 "batch_size", "train 模式", "checkpoint")
 
 
 @pytest.mark.parametrize("name", sorted(HELD_OUT))

@@ -361,6 +361,24 @@ def test_evaluate_batches_and_model_output_forms(impl):
             f"（给定的 _logits_of 就这样做），实际 {type(err).__name__}: {err}", EVAL)
 
 
+def test_evaluate_without_any_target_token_is_an_error(impl):
+    model = TableLM(7, 1)
+    all_ignored = [(torch.arange(4), torch.full((4,), -100)) for _ in range(3)]   # 每个 label 都是 −100
+    for ds, what in ((all_ignored, "labels 全是 −100 的数据集"),
+                     (impl.PretrainDataset(torch.arange(9) % 7, 4), "max_batches=0（一个样本也不评估）")):
+        err, got = None, None
+        try:
+            got = impl.evaluate(model, ds, batch_size=2, max_batches=0 if "max_batches" in what else None)
+        except NotImplementedError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            err = exc
+        require(isinstance(err, ValueError) and re.search(r"[\u4e00-\u9fff]", str(err)),
+                f"{what}：没有任何要预测的 token，平均 loss 没有定义——应抛 ValueError（中文说明），"
+                f"实际 {f'返回了 {got!r}（一个看起来正常的数，是静悄悄的错误答案）' if err is None else f'{type(err).__name__}: {err}'}",
+                EVAL)
+
+
 def test_evaluate_uses_eval_mode_and_restores_it(impl):
     vocab = 7
     model = TableLM(vocab, 5, dropout=0.5)
@@ -501,12 +519,22 @@ def _reference_sgd(batches, lr=W.LR):
     return model, losses
 
 
+def _pretrain_saving(impl, model, ds, opt, ckpt, **kw):
+    """pretrain(…, ckpt_path=ckpt)；建目录出错时说清是哪种情况，而不是甩出一个 traceback。"""
+    try:
+        return impl.pretrain(model, ds, opt, ckpt_path=ckpt, **kw)
+    except (FileNotFoundError, FileExistsError) as exc:
+        err = f"{type(exc).__name__}: {exc}"
+    require(False, f"写 checkpoint {ckpt} 时出错：{err}\n  ckpt_path 的目录可能还不存在（要 mkdir(parents=True)），"
+                   "也可能已经存在（exist_ok=True）——给定的 _atomic_save 两种情况都处理了", RANK0)
+
+
 def test_pretrain_single_process_equals_a_hand_written_sgd_loop(impl, tmp_path):
     ds = impl.PretrainDataset(W.tokens(), W.SEQ)
     model = W.TinyLM()
     opt = torch.optim.SGD(model.parameters(), lr=W.LR)
-    ckpt = tmp_path / "out" / "ckpt.pth"
-    losses = impl.pretrain(model, ds, opt, steps=4, batch_size=3, seed=5, ckpt_path=ckpt)
+    ckpt = tmp_path / "runs" / "out" / "ckpt.pth"          # 两层目录都还不存在：要建出来
+    losses = _pretrain_saving(impl, model, ds, opt, ckpt, steps=4, batch_size=3, seed=5)
     batches = [impl.rank_batch(ds, s, 3, 0, 1, 5) for s in range(4)]
     ref, ref_losses = _reference_sgd(batches)
     require(len(losses) == 4, f"steps=4 应返回 4 个 loss（每次更新一个），实际 {len(losses)} 个", LOOP)
@@ -544,6 +572,31 @@ def test_pretrain_trains_in_train_mode_whatever_the_output_form(impl):
                 f"调用 pretrain 之前模型处于 eval 模式：训练时每次 forward 都应处在 train 模式（先 net.train()，"
                 f"否则 dropout 一直关着），实际各步的 model.training = {model.modes}", LOOP)
         assert_close(_flat(model.base), _flat(ref), what=f"模型返回{what}时，2 步 SGD 之后的参数", section=LOOP, **TOL)
+
+
+def test_pretrain_interrupted_save_keeps_the_previous_checkpoint(impl, tmp_path, monkeypatch):
+    ds = impl.PretrainDataset(W.tokens(), W.SEQ)
+    model = W.TinyLM()
+    ckpt = tmp_path / "ckpt.pth"                           # 目录已经存在：再建一次不应报错
+    _pretrain_saving(impl, model, ds, torch.optim.SGD(model.parameters(), lr=W.LR), ckpt, steps=1, batch_size=2)
+    require(ckpt.is_file(), f"ckpt_path 的目录已经存在时也应写出 {ckpt}", RANK0)
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    real_save = torch.save
+
+    def crash_midway(obj, f, *args, **kwargs):             # 写了一半就断电 / Ctrl-C
+        real_save({"half": torch.zeros(1)}, f, *args, **kwargs)
+        raise KeyboardInterrupt("模拟：写 checkpoint 写到一半被打断")
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        impl.pretrain(model, ds, torch.optim.SGD(model.parameters(), lr=W.LR), steps=1, batch_size=2, ckpt_path=ckpt)
+    monkeypatch.setattr(torch, "save", real_save)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    sd = torch.load(ckpt, map_location="cpu", weights_only=True)
+    require(set(sd) == set(first) and all(torch.equal(sd[k], first[k]) for k in first),
+            "写新 checkpoint 时被打断，原来的 ckpt.pth 应完好无损（原子写入：先写临时文件，写完再 os.replace 过去；"
+            f"直接 torch.save 到 ckpt_path 会留下半个文件），实际读出来的键 {sorted(sd)}", RANK0)
+    require(left == ["ckpt.pth"], f"写入失败后目录里应只剩原来的 ckpt.pth（临时文件要删掉），实际 {left}", RANK0)
 
 
 # ---------------------------------------------------------------------------------------------
