@@ -523,6 +523,19 @@ def test_untied_pth_is_recognised_from_the_weights(tmp_path):
     assert torch.equal(logits(got.model), logits(rounded(model, torch.float16)))
 
 
+def test_flags_for_a_bare_pth_arrive(tmp_path):
+    """--num-attention-heads / --rms-norm-eps 只对旁边没有 config.json 的 .pth 有用：它们必须真的生效。"""
+    cfg = small_config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-3)
+    model = make_model(cfg)
+    pth = _minimind_pth(tmp_path / "full_sft_512.pth", model)
+    write_tokenizer(tmp_path)
+    got = kg.load(pth, "solutions", num_attention_heads=4, rms_norm_eps=1e-3, say=quiet)
+    assert got.config == replace(cfg, max_position_embeddings=32768)
+    assert torch.equal(logits(got.model), logits(rounded(model, torch.float16)))
+    default = kg.load(pth, "solutions", num_attention_heads=4, say=quiet)
+    assert default.config.rms_norm_eps == 1e-5 and not torch.equal(logits(default.model), logits(got.model))
+
+
 def test_loading_errors_name_what_was_expected(tmp_path):
     model = make_model(small_config())
     pth = _minimind_pth(tmp_path / "full_sft_512.pth", model)
@@ -644,6 +657,10 @@ def test_kata_checkpoint_folder_still_loads(tmp_path):
         got = kg.load(ckpt, "solutions", say=quiet)
         assert got.checkpoint.kind == "kata" and got.bos is None
         assert torch.equal(logits(got.model, torch.tensor([[1, 2, 3]])), logits(model, torch.tensor([[1, 2, 3]])))
+    (folder / "config.json").write_text(json.dumps(model.config.to_dict() | {"num_attention_heads": 5}))
+    with pytest.raises(ValueError, match="配置不成立"):
+        kg.load(folder, "solutions", say=quiet)
+    (folder / "config.json").write_text(json.dumps(model.config.to_dict()))
     (folder / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="kata.train 会把它"):
         kg.load(folder, "solutions", say=quiet)
