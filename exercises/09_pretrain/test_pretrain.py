@@ -94,6 +94,9 @@ def test_dataset_length_shapes_and_dtype(impl):
             f"第 0 个样本的 input_ids 应是流里的前 5 个 token [0, 1, 2, 3, 4]，实际 {x.tolist()}", DATA)
     x4, _ = ds[4]
     require(int(x4[0]) == 20, f"样本首尾相接：第 4 个样本应从第 4·5 = 20 个 token 开始，实际从 {int(x4[0])} 开始", DATA)
+    require(x4.tolist() == [20, 21, 0, 0, 0],
+            f"最后一个样本只剩 token 20、21 当输入，其余 3 个位置用默认的 pad_id=0 补齐：期望 [20, 21, 0, 0, 0]，实际 {x4.tolist()}",
+            PAD)
     x_last, _ = ds[-1]
     require(torch.equal(x_last, x4), "负下标 ds[-1] 应等于最后一个样本", DATA)
     with pytest.raises(IndexError):
