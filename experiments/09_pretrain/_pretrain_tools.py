@@ -101,6 +101,7 @@ class Parts:
 
     def __init__(self, exp: Experiment, names: Sequence[str]):
         self.impl = exp.impl
+        self.own_module = exp.module      # --impl bug:<名字> 只替换本模块（09）的部件，其余用参考实现
         self.source: dict = {}
         self.fallbacks: list[str] = []
         for name in names:
@@ -109,7 +110,21 @@ class Parts:
 
     def _take(self, name: str):
         module, probe = PIECES[name]
-        obj = getattr(kata_impl.resolve(module, self.impl), name)
+        if self.impl.startswith("bug:") and module != self.own_module:
+            self.source[name] = {"module": module, "impl": "solutions",
+                                 "reason": f"{self.impl} 只替换 {self.own_module} 的部件"}
+            return getattr(kata_impl.resolve(module, "solutions"), name)
+        try:
+            obj = getattr(kata_impl.resolve(module, self.impl), name)
+        except Exception as exc:  # bug:<名字> 不属于这个模块，或 --impl 的路径里没有这个模块的文件：这个部件用参考实现
+            if not (self.impl.startswith("bug:") or isinstance(exc, (kata_impl.ImplLoadError, AttributeError))):
+                raise
+            self.source[name] = {"module": module, "impl": "solutions", "fallback_from": self.impl,
+                                 "reason": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}
+            if not self.impl.startswith("bug:"):
+                print(f"--impl {self.impl} 里没有可用的 {name}（{module}）：这个部件用参考实现。")
+                self.fallbacks.append(name)
+            return getattr(kata_impl.resolve(module, "solutions"), name)
         if self.impl == "solutions":
             self.source[name] = {"module": module, "impl": "solutions"}
             return obj
@@ -134,10 +149,12 @@ class Parts:
     def describe(self) -> str:
         if self.impl == "solutions":
             return "全部是参考实现（--impl solutions）"
-        mine = [n for n in self.source if n not in self.fallbacks]
-        text = ("你的：" + "、".join(mine)) if mine else "你的部件都还没写完"
-        if self.fallbacks:
-            text += "；换成参考实现的：" + "、".join(self.fallbacks)
+        mine = [n for n, src in self.source.items() if src["impl"] != "solutions"]
+        ref = [n for n in self.source if n not in mine]
+        who = "你的" if self.impl == "exercises" else f"来自 --impl {self.impl} 的"
+        text = (who + "：" + "、".join(mine)) if mine else f"{who}部件一个都用不上"
+        if ref:
+            text += "；用参考实现的：" + "、".join(ref)
         return text
 
 
