@@ -53,7 +53,8 @@ def rank_batch_same_data(dataset, step, batch_size, rank=0, world_size=1, seed=0
 # ---------------------------------------------------------------- 评估
 
 def _evaluate_variant(model, dataset, batch_size=32, token_bytes=None, max_batches=None, *,
-                      mean_of_means=False, per_token_bpb=False, natural_log=False, reduce=True, eval_mode=True):
+                      mean_of_means=False, per_token_bpb=False, natural_log=False, reduce=True, eval_mode=True,
+                      raw_logits=False):
     rank, world_size = _ref._world()
     n = len(dataset)
     if max_batches is not None:
@@ -69,7 +70,8 @@ def _evaluate_variant(model, dataset, batch_size=32, token_bytes=None, max_batch
             for start in range(0, len(mine), batch_size):
                 xs, ys = zip(*(dataset[i] for i in mine[start:start + batch_size]))
                 x, y = torch.stack(xs), torch.stack(ys)
-                logits = _ref._logits_of(model(x)).float()
+                out = model(x)
+                logits = (out if raw_logits else _ref._logits_of(out)).float()
                 keep = y != -100
                 nll = float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
                                             ignore_index=-100, reduction="sum"))
@@ -112,6 +114,12 @@ def evaluate_not_reduced(model, dataset, batch_size=32, token_bytes=None, max_ba
     return _evaluate_variant(model, dataset, batch_size, token_bytes, max_batches, reduce=False)
 
 
+def evaluate_logits_not_unwrapped(model, dataset, batch_size=32, token_bytes=None, max_batches=None):
+    """直接把 model(x) 当 logits：测试里的小模型返回张量时没事，kata train 的 TinyLM（返回 (logits, loss)）
+    和 MiniMindForCausalLM（返回带 .logits 的对象）一来就崩。"""
+    return _evaluate_variant(model, dataset, batch_size, token_bytes, max_batches, raw_logits=True)
+
+
 # ---------------------------------------------------------------- 进程组
 
 def setup_always_gloo(*_a):
@@ -145,7 +153,8 @@ def all_reduce_mean_rank0_only(value):
 
 
 def _pretrain_variant(model, dataset, optimizer, *, steps, batch_size, seed=0, ckpt_path=None,
-                      divide_by_world=False, wrap=True, every_rank_saves=False, batch_fn=None, metric_fn=None):
+                      divide_by_world=False, wrap=True, every_rank_saves=False, batch_fn=None, metric_fn=None,
+                      in_place_save=False):
     batch_fn = batch_fn or _ref.rank_batch
     metric_fn = metric_fn or _ref.all_reduce_mean
     rank, world_size = _ref._world()
@@ -161,7 +170,11 @@ def _pretrain_variant(model, dataset, optimizer, *, steps, batch_size, seed=0, c
         optimizer.step()
         losses.append(metric_fn(loss.detach()))
     if ckpt_path is not None and (rank == 0 or every_rank_saves):
-        _ref._atomic_save(model.state_dict(), Path(ckpt_path))
+        if in_place_save:
+            Path(ckpt_path).parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), ckpt_path)
+        else:
+            _ref._atomic_save(model.state_dict(), Path(ckpt_path))
     return losses
 
 
@@ -195,6 +208,12 @@ def pretrain_metrics_rank0(model, dataset, optimizer, *, steps, batch_size, seed
                              ckpt_path=ckpt_path, metric_fn=all_reduce_mean_rank0_only)
 
 
+def pretrain_checkpoint_in_place(model, dataset, optimizer, *, steps, batch_size, seed=0, ckpt_path=None):
+    """直接 torch.save 到 ckpt_path（没有先写临时文件再 os.replace）：写到一半被打断，旧的 checkpoint 也坏了。"""
+    return _pretrain_variant(model, dataset, optimizer, steps=steps, batch_size=batch_size, seed=seed,
+                             ckpt_path=ckpt_path, in_place_save=True)
+
+
 BUGS = [
     Bug("labels_not_shifted", "labels 没有右移一位（等于 input_ids）", {"PretrainDataset": LabelsNotShifted}),
     Bug("padding_counted_in_loss", "padding 位置的 labels 不是 −100（padding 被算进了 loss）",
@@ -216,4 +235,8 @@ BUGS = [
         {"pretrain": pretrain_loss_averaged_twice}),
     Bug("no_ddp_wrap", "模型没有用 DistributedDataParallel 包起来（梯度不同步）", {"pretrain": pretrain_without_ddp}),
     Bug("all_ranks_save", "每个进程都写 checkpoint（应只有 rank 0 写）", {"pretrain": pretrain_all_ranks_save}),
+    Bug("eval_logits_not_unwrapped", "评估时直接把 model(x) 当 logits（模型返回 (logits, loss) 或 .logits 对象时就崩）",
+        {"evaluate": evaluate_logits_not_unwrapped}),
+    Bug("checkpoint_not_atomic", "checkpoint 直接 torch.save 到目标路径（写到一半被打断，旧文件也坏了）",
+        {"pretrain": pretrain_checkpoint_in_place}),
 ]
