@@ -35,14 +35,6 @@ def _tiny_config(vocab: int = 8) -> MiniMindConfig:
                           vocab_size=vocab, max_position_embeddings=8, rope_theta=ROPE_THETA)
 
 
-def _logits_of(out) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out.logits
-
-
 def _probe_model(cls) -> None:
     out = cls(_tiny_config())(torch.zeros(1, 4, dtype=torch.long))
     logits = getattr(out, "logits", None)

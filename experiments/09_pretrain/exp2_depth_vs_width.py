@@ -203,9 +203,9 @@ class DepthVsWidth(Experiment):
                     f"{MINIMIND2_SMALL[1]}）——MiniMind 选的是更宽、更浅、在 GPU 上更快的形状。")
         elif p["beyond_noise"]:
             slow_start = (f"只训练了 {steps} 步，深的模型起步慢、还在追赶；" if trend == "在缩小" else
-                          f"差距在后半段没有缩小（见上），所以不只是深的模型起步慢；" if trend is not None else "")
+                          "差距在后半段没有缩小（见上），所以不只是深的模型起步慢；" if trend is not None else "")
             tail = (f"方向与 MobileLLM（Liu et al. 2024）相反：这里浅而宽更好。可能的原因（没有实验验证）：{slow_start}"
-                    "字符级、序列 64 的任务需要的“多步组合”有限；学习率没有按形状调（同一个学习率对 8 层的残差流未必合适）。"
+                    f"字符级、序列 64 的任务需要的“多步组合”有限；学习率没有按形状调（同一个学习率对 {deep.tag[1]} 层的残差流未必合适）。"
                     f"MiniMind2-small 的宽深比（hidden ÷ 层数）{mm:.0f}（{MINIMIND2_SMALL[0]} 层 × {MINIMIND2_SMALL[1]}）也是偏宽的选择，"
                     f"MobileLLM-125M 是 {mb:.0f}（{MOBILELLM_125M[0]} 层 × {MOBILELLM_125M[1]}）。")
         else:
