@@ -771,6 +771,20 @@ def test_generate_only_samples_ids_the_tokenizer_knows(tmp_path, capsys):
     assert "只在后者里挑" in out.err and out.out.startswith("the")
 
 
+def test_generate_main_passes_the_shape_flags(tmp_path, capsys):
+    model = make_model(small_config())
+    pth = _minimind_pth(tmp_path / "full_sft_512.pth", model)
+    write_tokenizer(tmp_path)
+    base = ["--ckpt", str(pth), "--prompt", "the", "--max-new-tokens", "2", "--impl", "solutions"]
+    assert kg.main(base + ["--num-attention-heads", "3"]) == 2
+    assert "分不成 3 个头" in capsys.readouterr().err
+    assert kg.main(base + ["--rms-norm-eps", "0.001"]) == 0
+    assert "rms_norm_eps" not in capsys.readouterr().err, "给了 eps 就不该再说“eps 是假设的”"
+    folder = write_hf_folder(tmp_path / "hf", model)
+    assert kg.main(["--ckpt", str(folder), "--rms-norm-eps", "0.001", "--impl", "solutions"]) == 2
+    assert "--rms-norm-eps" in capsys.readouterr().err
+
+
 def test_python_m_kata_generate_on_a_hf_folder(tmp_path):
     """端到端：另起一个进程，python -m kata generate --ckpt <HF 文件夹> 打印提示词和续写。"""
     folder = write_hf_folder(tmp_path / "MiniMind2-small", make_model(small_config()), torch.bfloat16)
