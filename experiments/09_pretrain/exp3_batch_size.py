@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from _batch_precision_tools import TrainRun, build_model, model_config, resolve_pieces  # noqa: E402
 from kata.arms import paired  # noqa: E402
-from kata.experiment import Experiment, fmt_mean_std, summarize, unigram_baseline  # noqa: E402
+from kata.experiment import STUCK_MARGIN, Experiment, fmt_mean_std, summarize, unigram_baseline  # noqa: E402
 from kata.plots import label, new_figure  # noqa: E402
 
 RULES = ("sqrt", "linear")
@@ -79,8 +79,9 @@ def fit_mccandlish(batches: list, examples: list) -> dict:
     返回 S_min（步）、E_min（样本）与 B_crit = E_min / S_min（序列）；S_min ≤ 0 表示在测过的范围里
     步数一直按比例减少（临界 batch 比测过的最大 B 还大），E_min ≤ 0 表示拟合没有意义。
     """
-    b = np.asarray(batches, dtype=float)
-    e = np.asarray(examples, dtype=float)
+    keep = [(x, y) for x, y in zip(batches, examples) if y > 0]   # 0 = 初始化时就已经在目标之下：不含信息
+    b = np.asarray([x for x, _ in keep], dtype=float)
+    e = np.asarray([y for _, y in keep], dtype=float)
     if len(b) < 3:
         return {"ok": False, "reason": f"只有 {len(b)} 个 batch 大小达到了目标，至少要 3 个才能拟合"}
     slope, intercept = np.polyfit(b, e, 1, w=1.0 / e)
@@ -232,6 +233,11 @@ class BatchSize(Experiment):
         hi = max(per_run_best) + 0.01                # 每个没发散的训练（每个 B、每个种子）都达到的最难目标
         lo = min(best_of.values()) + 0.05            # 只有最好的几个 B 达到
         levels = [hi] + ([(hi + lo) / 2, lo] if lo < hi - 0.04 else [])
+        start = min(c[1][0] for c in mean_curve.values())
+        levels = [lv for lv in levels if lv < start]   # 初始化时就已经在目标之下的“目标”不含信息
+        if not levels:
+            return {"targets": [], "best_loss_on_mean_curve": {str(B): v for B, v in best_of.items()},
+                    "note": "没有一次训练的 held-out loss 比初始化时低多少，定不出目标"}
         targets = []
         for level in levels:
             rows = {}
@@ -297,6 +303,11 @@ class BatchSize(Experiment):
         finite = {B: m for B, m in means.items() if math.isfinite(m)}
         if not finite:
             return "所有 batch 大小都发散了，这次没有可以比较的数字。"
+        stuck = [B for B in batches if any(r["diverged_at"] is None and r["final_val_loss"] > unigram - STUCK_MARGIN
+                                           for r in runs[(main, B)])]
+        if stuck:
+            parts.append(f"注意：B = {stuck} 有种子的最终 loss 不低于只按字符频率猜的水平（{unigram:.3f}），这些训练没有学到上下文——"
+                         "学习率可能太大（或预算太小）；下面涉及它们的比较意义有限。")
         best_B = min(finite, key=finite.get)
         worst_B = max(finite, key=finite.get)
         parts.append(f"同样的 token 预算下（{RULE_ZH[main]}），最终 held-out loss 最低的是 B={best_B}（{finite[best_B]:.3f}），"
@@ -383,9 +394,11 @@ class BatchSize(Experiment):
                 parts.append(f"√ 规则在 {better['sqrt']} 个 batch 大小上明显更好（线性规则 {better['linear']} 个）：与 Malladi et al. 2022 的结论一致"
                              "——他们用随机微分方程近似推出，对 Adam，batch 乘 κ 时学习率乘 √κ 才保持同样的训练动态"
                              "（论文里 β 与 eps 也随之调整，这里没有调）；线性规则是 Goyal et al. 2017 给 SGD 的。")
-            elif better["linear"] > better["sqrt"]:
+            elif better["linear"] > better["sqrt"] and not stuck:
                 parts.append(f"这次线性规则在 {better['linear']} 个 batch 大小上明显更好（√ 规则 {better['sqrt']} 个），与 Malladi et al. 2022 "
                              "对 Adam 的预期相反——可能是 lr₀ 本身偏小，线性规则在大 B 时的更大学习率正好补上；如实记录。")
+            elif better["linear"] > better["sqrt"]:
+                parts.append(f"这次线性规则在 {better['linear']} 个 batch 大小上更好，但 √ 规则有训练停在字频水平（见上面的注意），这个比较说明不了规则本身。")
             else:
                 parts.append("两条规则之间没有系统性的、超过种子波动的差别。")
             lin_wins = [B for B in batches if B != B0 and (p := paired(runs[("sqrt", B)], runs[("linear", B)]))["n"]
@@ -456,7 +469,8 @@ class BatchSize(Experiment):
         ax.set_ylabel(label(("达到目标的步数", "steps to target")))
         ax.set_title(label(("步数 vs batch（点线 = 完美缩放，实线 = 拟合，竖线 = B_crit）",
                             "steps vs batch (dotted = perfect, solid = fit, dashed = B_crit)")), fontsize="small")
-        ax.legend(fontsize="x-small")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="x-small")
         ax.grid(True, alpha=0.3, which="both")
         fig.tight_layout()
         self.save_figure(fig, "batch_size")
