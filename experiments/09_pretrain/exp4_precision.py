@@ -299,6 +299,10 @@ class Precision(Experiment):
             parts.append("虽然 CPU 支持 bf16，这么小的模型上类型转换和调度的开销仍然比省下的计算多。")
         parts.append(f"单次前向的舍入误差：初始化时同一批数据上 loss 差 {init_probe['abs_diff']:.1e}、logits 最多差 {init_probe['logits_max_abs_diff']:.1e}"
                      "（bf16 的有效位只有 8 个二进制位，相对舍入误差最多约 2⁻⁸ ≈ 4e-3；float32 是 24 位）。")
+        div = [f"{PREC_ZH[p]} 种子 {r['seed']} 发散于第 {r['diverged_at']} 步" for p in PRECISIONS for r in runs[p]
+               if r["diverged_at"] is not None]
+        if div:
+            parts.append("发散（loss 或梯度不再有限）：" + "；".join(div) + "。")
         parts.append(describe_paired(pl, "float32", "bfloat16 autocast", what="最终 held-out loss", fmt=".4f"))
         seed_std = summarize([r["final_val_loss"] for r in runs["fp32"]])["std"]
         if pl["n"] and seed_std:
