@@ -99,8 +99,18 @@ def test_dataset_length_shapes_and_dtype(impl):
             PAD)
     x_last, _ = ds[-1]
     require(torch.equal(x_last, x4), "负下标 ds[-1] 应等于最后一个样本", DATA)
-    with pytest.raises(IndexError):
-        ds[len(ds)]
+    for bad in (len(ds), -len(ds) - 1):
+        err = None
+        try:
+            ds[bad]
+        except NotImplementedError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            err = exc
+        require(isinstance(err, IndexError),
+                f"{len(ds)} 个样本：ds[{bad}] 越界，应抛 IndexError（合法的下标是 −{len(ds)} … {len(ds) - 1}；"
+                "for 循环靠它停下，负下标太小时也不能悄悄取出别的 token），"
+                f"实际 {'返回了一个样本' if err is None else f'{type(err).__name__}: {err}'}", DATA)
 
 
 @given(n=st.integers(2, 60), seq_len=st.integers(1, 9), seed=st.integers(0, 10))
@@ -202,6 +212,9 @@ def test_rank_batch_visits_every_sample_once_per_epoch(impl):
             f"seed 决定打乱的顺序：seed=0 与 seed=1 的第一个 epoch 应是同一组样本、不同的顺序，实际 {a} 与 {b}", SHARD)
     again = _sample_ids(impl.rank_batch(ds, 0, n, 0, 1, seed=0)[0], seq)
     require(again == a, "同样的 (step, seed) 应给出同样的批次（续训只靠步号就能接上）", SHARD)
+    default = _sample_ids(impl.rank_batch(ds, 0, n)[0], seq)
+    require(default == a, f"默认参数 rank=0、world_size=1、seed=0：rank_batch(ds, 0, {n}) 应等于 "
+                          f"rank_batch(ds, 0, {n}, 0, 1, seed=0) = {a}，实际 {default}", SHARD)
     nxt = _sample_ids(impl.rank_batch(ds, 1, n, 0, 1, seed=0)[0], seq)
     require(sorted(nxt) == list(range(n)) and nxt != a,
             f"第二个 epoch 应重新打乱（换一种顺序），实际两个 epoch 都是 {a}", SHARD)
@@ -559,12 +572,14 @@ def test_pretrain_single_process_equals_a_hand_written_sgd_loop(impl, tmp_path):
 
 def test_pretrain_trains_in_train_mode_whatever_the_output_form(impl):
     ds = impl.PretrainDataset(W.tokens(), W.SEQ)
-    ref, _ = _reference_sgd([impl.rank_batch(ds, s, 3, 0, 1, 5) for s in range(2)])
-    for style, what in (("tuple", "(logits, loss) 元组"), ("object", "带 .logits 的对象（MiniMindForCausalLM）")):
+    for style, what, seed in (("tuple", "(logits, loss) 元组", 5),
+                              ("object", "带 .logits 的对象（MiniMindForCausalLM）、不传 seed（默认 0）", None)):
+        ref, _ = _reference_sgd([impl.rank_batch(ds, s, 3, 0, 1, seed or 0) for s in range(2)])
         model, err = _Wrapped(W.TinyLM(), style), None
         model.eval()                          # 比如刚评估完、或刚从 checkpoint 载入
         try:
-            impl.pretrain(model, ds, torch.optim.SGD(model.parameters(), lr=W.LR), steps=2, batch_size=3, seed=5)
+            impl.pretrain(model, ds, torch.optim.SGD(model.parameters(), lr=W.LR), steps=2, batch_size=3,
+                          **({} if seed is None else {"seed": seed}))
         except NotImplementedError:
             raise
         except Exception as exc:  # noqa: BLE001
