@@ -202,6 +202,7 @@ class TrainRun:
 
     def __post_init__(self):
         self.net = self.net if self.net is not None else _LogitsOnly(self.model)
+        self.device = next(self.model.parameters()).device   # 批次跟着模型走（--device cuda / mps 时）
         self.opt = self.pieces.AdamW(self.model.parameters(), lr=self.lr, betas=self.betas,
                                      weight_decay=self.weight_decay)
 
@@ -217,6 +218,7 @@ class TrainRun:
         while did < n and not self.done:
             lr = float(p.cosine_lr(self.step, self.steps, self.lr, self.warmup, self.lr * self.min_lr_ratio))
             x, y = p.rank_batch(self.train_ds, self.step, self.batch, 0, 1, self.seed)
+            x, y = x.to(self.device), y.to(self.device)
             out = p.train_step(self.net, (x, y), self.opt, max_grad_norm=self.grad_clip, lr=lr)
             loss = float(out["loss"])
             gn = out.get("grad_norm")
