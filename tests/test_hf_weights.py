@@ -698,6 +698,45 @@ def test_tokenizer_falls_back_to_the_reference_when_yours_is_unfinished(tmp_path
     said.clear()
     kg.load_tokenizer(tmp_path / "tok" / "tokenizer.json", "solutions", say=said.append)
     assert not said
+    # from_hf_json 写完了、encode 还是桩：也要换成参考实现（否则生成到一半才崩）
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "bpe.py").write_text(
+        "def train_bpe(*a, **k):\n    raise NotImplementedError('还没实现：train_bpe')\n"
+        "class BPETokenizer:\n    @classmethod\n    def from_hf_json(cls, path):\n        return cls()\n"
+        "    def encode(self, text):\n        raise NotImplementedError('还没实现：encode')\n"
+        "    def decode(self, ids):\n        raise NotImplementedError('还没实现：decode')\n", encoding="utf-8")
+    tok, _ = kg.load_tokenizer(tmp_path / "tok", str(half), say=said.append)
+    assert said and "encode" in said[0] and tok.encode("<|im_start|> the") == [1, 261]
+
+
+def test_unfinished_model_code_falls_back_to_the_reference(tmp_path, monkeypatch):
+    """--impl 的模块 06 还没写完（构造时 NotImplementedError）：说一声，用参考实现跑。"""
+    stub = tmp_path / "impl"
+    stub.mkdir()
+    nie = "    def __init__(self, *a, **k):\n        raise NotImplementedError('还没实现：{}')\n"
+    (stub / "block.py").write_text("class MiniMindBlock:\n" + nie.format("MiniMindBlock"), encoding="utf-8")
+    (stub / "model.py").write_text("class MiniMindModel:\n" + nie.format("MiniMindModel")
+                                   + "class MiniMindForCausalLM:\n" + nie.format("MiniMindForCausalLM"), encoding="utf-8")
+    model = make_model(small_config())
+    folder = write_hf_folder(tmp_path / "hf", model, torch.float32)
+    said = []
+    got = kg.load(folder, "solutions", say=said.append)
+    assert not said
+    import kata.impl as ki
+
+    real = ki.resolve            # “exercises” 的模块 06 换成上面的桩，其余照旧
+    monkeypatch.setattr(ki, "resolve", lambda m, impl=None: real(
+        m, str(stub) if (m, impl) == ("06_transformer_block", "exercises") else "solutions"))
+    got = kg.load(folder, "exercises", say=said.append)
+    assert any("MiniMindForCausalLM 还没实现" in s for s in said), said
+    assert torch.equal(logits(got.model), logits(model))
+
+
+def test_load_model_returns_model_tokenizer_config(tmp_path):
+    model = make_model(small_config())
+    m, tok, cfg = kg.load_model(write_hf_folder(tmp_path / "hf", model, torch.float32), "solutions", say=quiet)
+    assert cfg == model.config and tok.encode("<|im_end|>") == [2] and torch.equal(logits(m), logits(model))
 
 
 def test_tokenizer_config_is_optional_and_accepts_added_token_dicts(tmp_path):
@@ -725,6 +764,9 @@ def test_a_tokenizer_of_the_other_minimind_generation_is_flagged(tmp_path):
         said = []
         kg.load(pth, "solutions", tokenizer=tmp_path / tok, say=said.append)
         assert any("乱码" in s for s in said) == flagged, (pth.name, tok, said)
+        if flagged:
+            gen = "minimind-3" if tok == "m3" else "MiniMind2"
+            assert any(f"（{gen} 的分词器）" in s for s in said), said
 
 
 # ---------------------------------------------------------------------------------------------
