@@ -119,7 +119,7 @@ class Scaling(Experiment):
                 state = (f"发散于第 {rec['diverged_at']} 步" if rec["diverged_at"] is not None
                          else f"val loss {rec['final_val_loss']:.3f}")
                 print(f"  hidden {cfg.hidden_size:>3} × {cfg.num_hidden_layers} 层（非嵌入 {_fmt_n(counts[i]['non_embedding'])}）"
-                      f" seed {s}: {n_steps} 步，{state}，{rec['tokens_per_sec']:,.0f} tokens/s")
+                      f" seed {s}: {n_steps} 步，{state}，{rec['tokens_per_cpu_sec']:,.0f} tokens/CPU 秒")
 
         tokens_per_step = BATCH * SEQ
         D_fix = fix_steps * tokens_per_step
@@ -152,9 +152,9 @@ class Scaling(Experiment):
             rows.append([f"{cfg.hidden_size} × {cfg.num_hidden_layers}", f"{N[i]:,}", f"{N_tot[i]:,}",
                          f"{steps[i]}", f"{D_fix / N[i]:.1f}", fmt_mean_std(fixed[i]),
                          f"{100 * att[i]:.0f}% / {100 * head[i]:.0f}%",
-                         f"{statistics.median(r['tokens_per_sec'] for r in runs[i]):,.0f}"])
+                         f"{statistics.median(r['tokens_per_cpu_sec'] for r in runs[i]):,.0f}"])
         self.print_table(["hidden × 层", "非嵌入参数 N", "全部参数", "训练步数", f"D/N（D = {D_fix:,}）",
-                          f"固定 D 时的验证 loss（{len(seeds)} 个种子）", "6N 漏掉的：注意力 / lm_head", "tokens/s"],
+                          f"固定 D 时的验证 loss（{len(seeds)} 个种子）", "6N 漏掉的：注意力 / lm_head", "tokens/CPU 秒"],
                          rows, title=f"固定 token 数 D = {D_fix:,}（{fix_steps} 步 × {tokens_per_step}）")
 
         # ---- 2) 固定计算量 ---------------------------------------------------------------------
