@@ -600,9 +600,11 @@ def test_pretrain_interrupted_save_keeps_the_previous_checkpoint(impl, tmp_path,
     require(ckpt.is_file(), f"ckpt_path 的目录已经存在时也应写出 {ckpt}", RANK0)
     first = {k: v.clone() for k, v in model.state_dict().items()}
     real_save = torch.save
+    during = []
 
     def crash_midway(obj, f, *args, **kwargs):             # 写了一半就断电 / Ctrl-C
         real_save({"half": torch.zeros(1)}, f, *args, **kwargs)
+        during.extend(sorted(p.name for p in tmp_path.iterdir()))
         raise KeyboardInterrupt("模拟：写 checkpoint 写到一半被打断")
 
     monkeypatch.setattr(torch, "save", crash_midway)
@@ -615,6 +617,10 @@ def test_pretrain_interrupted_save_keeps_the_previous_checkpoint(impl, tmp_path,
             "写新 checkpoint 时被打断，原来的 ckpt.pth 应完好无损（原子写入：先写临时文件，写完再 os.replace 过去；"
             f"直接 torch.save 到 ckpt_path 会留下半个文件），实际读出来的键 {sorted(sd)}", RANK0)
     require(left == ["ckpt.pth"], f"写入失败后目录里应只剩原来的 ckpt.pth（临时文件要删掉），实际 {left}", RANK0)
+    require(len(during) == 2 and "ckpt.pth" in during,
+            "写 checkpoint 的临时文件应建在 ckpt_path 同一个目录里（tempfile.mkstemp(dir=ckpt_path 的目录)）："
+            "os.replace 只有在同一个文件系统里才是原子的，临时文件放在 /tmp 时，换到另一块盘上就会失败或不再原子。"
+            f"写入时目录里是 {during}", RANK0)
 
 
 # ---------------------------------------------------------------------------------------------
