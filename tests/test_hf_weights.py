@@ -827,6 +827,14 @@ def test_generate_main_passes_the_shape_flags(tmp_path, capsys):
     assert "--rms-norm-eps" in capsys.readouterr().err
 
 
+def test_generate_main_leaves_a_matching_vocabulary_alone(tmp_path, capsys):
+    folder = write_hf_folder(tmp_path / "hf", make_model(small_config(vocab_size=TOK_VOCAB)))
+    assert kg.main(["--ckpt", str(folder), "--prompt", "the", "--max-new-tokens", "3", "--impl", "solutions"]) == 0
+    assert "只在后者里挑" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        kg.main(["--prompt", "the"])                    # --ckpt 是必需的
+
+
 def test_python_m_kata_generate_on_a_hf_folder(tmp_path):
     """端到端：另起一个进程，python -m kata generate --ckpt <HF 文件夹> 打印提示词和续写。"""
     folder = write_hf_folder(tmp_path / "MiniMind2-small", make_model(small_config()), torch.bfloat16)
