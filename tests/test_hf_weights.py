@@ -203,6 +203,17 @@ def test_reader_decodes_hand_built_bytes():
     assert got["empty"].shape == (0, 4) and got["empty"].dtype == torch.float16
 
 
+def test_reader_decodes_every_supported_dtype():
+    cases = {"F64": ("<2d", [1e-300, -2.5], torch.float64), "I32": ("<2i", [-7, 2**30], torch.int32),
+             "I16": ("<2h", [-300, 300], torch.int16), "I8": ("<2b", [-5, 7], torch.int8),
+             "U8": ("<2B", [200, 1], torch.uint8), "BOOL": ("<2?", [True, False], torch.bool)}
+    data = st_bytes({k: (k, [2], struct.pack(fmt, *vals)) for k, (fmt, vals, _) in cases.items()})
+    got = hw.parse_safetensors(data)
+    for k, (_, vals, dtype) in cases.items():
+        assert got[k].dtype == dtype and got[k].tolist() == vals, (k, got[k])
+    assert set(hw.SAFETENSORS_DTYPES) == set(cases) | {"F32", "F16", "BF16", "I64"}
+
+
 def test_reader_uses_offsets_not_file_order():
     """data_offsets 说了算：头里的顺序与数据区里的顺序不同也要读对。"""
     x, y = struct.pack("<2f", 1.0, 2.0), struct.pack("<2f", 3.0, 4.0)
