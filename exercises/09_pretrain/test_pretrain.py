@@ -212,12 +212,13 @@ def test_rank_batch_visits_every_sample_once_per_epoch(impl):
             f"seed 决定打乱的顺序：seed=0 与 seed=1 的第一个 epoch 应是同一组样本、不同的顺序，实际 {a} 与 {b}", SHARD)
     again = _sample_ids(impl.rank_batch(ds, 0, n, 0, 1, seed=0)[0], seq)
     require(again == a, "同样的 (step, seed) 应给出同样的批次（续训只靠步号就能接上）", SHARD)
-    default = _sample_ids(impl.rank_batch(ds, 0, n)[0], seq)
-    require(default == a, f"默认参数 rank=0、world_size=1、seed=0：rank_batch(ds, 0, {n}) 应等于 "
-                          f"rank_batch(ds, 0, {n}, 0, 1, seed=0) = {a}，实际 {default}", SHARD)
     nxt = _sample_ids(impl.rank_batch(ds, 1, n, 0, 1, seed=0)[0], seq)
     require(sorted(nxt) == list(range(n)) and nxt != a,
             f"第二个 epoch 应重新打乱（换一种顺序），实际两个 epoch 都是 {a}", SHARD)
+    for step, want in ((0, a), (1, nxt)):
+        default = _sample_ids(impl.rank_batch(ds, step, n)[0], seq)
+        require(default == want, f"默认参数 rank=0、world_size=1、seed=0：rank_batch(ds, {step}, {n}) 应等于 "
+                                 f"rank_batch(ds, {step}, {n}, 0, 1, seed=0) = {want}，实际 {default}", SHARD)
 
 
 def test_rank_batch_rejects_bad_rank(impl):
