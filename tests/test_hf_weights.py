@@ -254,6 +254,8 @@ def _with_header(header) -> bytes:
 BAD = {
     "空文件": (b"", "连开头 8 字节"),
     "不到 8 字节": (b"\x05\0\0", "连开头 8 字节"),
+    "7 字节": (b"\x05" * 7, "连开头 8 字节"),
+    "头长度多说了 1 字节": (struct.pack("<Q", 3) + b"{}", "被截断"),
     "只有头长度 0": (struct.pack("<Q", 0), "不是合法的 UTF-8 JSON"),
     "截断（少了数据）": (_valid()[:-3], "超出了数据区"),
     "截断（少了头）": (_valid()[:20], "被截断"),
@@ -271,6 +273,7 @@ BAD = {
     "offsets 不是整数": (_with_header({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4.0]}}), "两个整数"),
     "offsets 越界": (_with_header({"w": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}}), "超出了数据区"),
     "offsets 起点为负": (_with_header({"w": {"dtype": "F32", "shape": [1], "data_offsets": [-4, 0]}}), "超出了数据区"),
+    "offsets 起点为 -1": (_with_header({"w": {"dtype": "I8", "shape": [1], "data_offsets": [-1, 0]}}), "超出了数据区"),
     "offsets 倒过来": (_with_header({"w": {"dtype": "F32", "shape": [0], "data_offsets": [8, 4]}}), "超出了数据区"),
     "字节数与形状不符": (_with_header({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}), "应占 12 字节"),
     "两个张量重叠": (_with_header({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
@@ -323,7 +326,8 @@ def test_hf_config_defaults_follow_minimind():
     assert got == MiniMindConfig() and got.ffn_hidden_size == 1408 and got.qk_norm is False
     assert hw.config_from_hf(d, qk_norm=True).qk_norm is True
     yarn = hw.config_from_hf(d | {"inference_rope_scaling": True})
-    assert yarn.rope_scaling == hw.MINIMIND_YARN
+    assert yarn.rope_scaling == {"beta_fast": 32, "beta_slow": 1, "factor": 16, "original_max_position_embeddings": 2048,
+                                 "attention_factor": 1.0, "type": "yarn"}, "应与 minimind 的 MiniMindConfig 里的 YaRN 设置相同"
     given = {"type": "yarn", "factor": 4, "original_max_position_embeddings": 1024}
     assert hw.config_from_hf(d | {"rope_scaling": given, "inference_rope_scaling": True}).rope_scaling == given
 
