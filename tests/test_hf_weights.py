@@ -325,6 +325,7 @@ def test_hf_config_defaults_follow_minimind():
     got = hw.config_from_hf(d)
     assert got == MiniMindConfig() and got.ffn_hidden_size == 1408 and got.qk_norm is False
     assert hw.config_from_hf(d, qk_norm=True).qk_norm is True
+    assert hw.config_from_hf(d | {"head_dim": 64}) == MiniMindConfig(), "head_dim 64 × 默认 8 个头 = 默认 hidden 512"
     yarn = hw.config_from_hf(d | {"inference_rope_scaling": True})
     assert yarn.rope_scaling == {"beta_fast": 32, "beta_slow": 1, "factor": 16, "original_max_position_embeddings": 2048,
                                  "attention_factor": 1.0, "type": "yarn"}, "应与 minimind 的 MiniMindConfig 里的 YaRN 设置相同"
