@@ -358,34 +358,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not langs or any(x not in D.LANGS for x in langs):
         print(f"--langs 应取自 {D.LANGS}（逗号分隔），实际 {args.langs!r}", file=sys.stderr)
         return 2
-    from kata.train import Parts
+    from kata.train import run_distributed
 
-    # 进程组建立之前还不知道自己是不是 rank 0：先看 torchrun 设的 RANK
-    main_guess = os.environ.get("RANK", "0") == "0"
-    say = (lambda m: print(m, flush=True)) if main_guess else (lambda m: None)
-    parts = Parts(args.impl, say)
-    (rank, world, dist_device), _ = parts.call("09_pretrain", "setup_distributed")
-    code = 0
-    try:
-        code = _sft(args, langs, parts, rank, world, dist_device, say if rank == 0 else (lambda m: None))
-        if world > 1 and code != 130:
-            # rank 0 最后还要在 held-out 上评估、写文件：其余 rank 在这里等它，再一起拆掉进程组（同 kata.train）
-            import torch.distributed as dist
-            if dist.is_available() and dist.is_initialized():
-                dist.barrier()
-    finally:
-        parts.say = lambda m: None
-        try:
-            parts.call("09_pretrain", "cleanup_distributed")
-        except Exception:  # noqa: BLE001
-            pass
-    if world > 1:
-        # torchrun 下的每个 rank：结果已原子写完、进程组已拆掉。直接结束进程，跳过解释器的收尾——gloo 的后台线程
-        # 在 C++ 静态对象析构时偶尔触发 std::terminate，torchrun 会把整次运行报成失败（同 kata.train）。
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    return run_distributed(args.impl, lambda parts, rank, world, dist_device, say:
+                           _sft(args, langs, parts, rank, world, dist_device, say))
 
 
 def _sft(args, langs, parts, rank, world, dist_device, say) -> int:

@@ -28,7 +28,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -390,17 +390,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    return run_distributed(args.impl, lambda parts, rank, world, dist_device, say:
+                           _train(args, model_kw, train, parts, rank, world, dist_device, say))
+
+
+def run_distributed(impl: str, job: Callable[..., int]) -> int:
+    """kata train 与 kata sft 共用的外壳：建进程组（你的 09 setup_distributed；单进程时 world = 1），
+    ``job(parts, rank, world, dist_device, say)`` 返回退出码，最后拆掉进程组。``say`` 只在 rank 0 打印。"""
     # 进程组建立之前还不知道自己是不是 rank 0：先看 torchrun 设的 RANK
     main_guess = os.environ.get("RANK", "0") == "0"
     say = (lambda m: print(m, flush=True)) if main_guess else (lambda m: None)
-    parts = Parts(args.impl, say)
+    parts = Parts(impl, say)
     (rank, world, dist_device), _ = parts.call("09_pretrain", "setup_distributed")
     code = 0
     try:
-        code = _train(args, model_kw, train, parts, rank, world, dist_device, say)
-        if world > 1:
-            # rank 0 最后还要在整个验证集上评估、写文件；其余 rank 先在这里等它，再一起拆掉进程组——
-            # 一个 rank 先 destroy_process_group 而另一个还在用 gloo 时，先走的那个偶尔会 abort（机器忙时 CI 里见过）
+        code = job(parts, rank, world, dist_device, say if rank == 0 else (lambda m: None))
+        if world > 1 and code != 130:
+            # rank 0 最后还要在验证集上评估、写文件；其余 rank 先在这里等它，再一起拆掉进程组——
+            # 一个 rank 先 destroy_process_group 而另一个还在用 gloo 时，先走的那个偶尔会 abort（机器忙时 CI 里见过）。
+            # Ctrl-C（130）时不等：别的 rank 可能已经不在了。
             import torch.distributed as dist
             if dist.is_available() and dist.is_initialized():
                 dist.barrier()
