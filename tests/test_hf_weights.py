@@ -235,7 +235,7 @@ def test_big_endian_hosts_swap_bytes():
 
 
 def test_reader_matches_the_safetensors_package(tmp_path):
-    st = pytest.importorskip("safetensors.torch", reason="safetensors 没装：这条交叉检查跳过（kata 不依赖它）")
+    st = pytest.importorskip("safetensors.torch", reason="safetensors 没装：这条交叉检查跳过（kata 不依赖它；开发依赖：pip install -e '.[dev]'）")
     sd = {"w": torch.randn(3, 5), "h": torch.randn(4).half(), "b": torch.randn(2, 2).bfloat16()}
     st.save_file(sd, str(tmp_path / "x.safetensors"))
     got = hw.read_safetensors(tmp_path / "x.safetensors")
