@@ -505,3 +505,17 @@ def test_every_script_imports_the_harness_before_torch():
         heavy = [i for i, l in enumerate(lines) if l.split("#")[0].strip().startswith(
             ("import torch", "from torch", "import numpy", "from numpy", "import matplotlib", "from kata"))]
         assert heavy and first < min(heavy), f"{script.name}：import kata.experiment 应在第 {min(heavy) + 1} 行之前"
+
+
+@pytest.mark.parametrize("script", [p for p in ALL_SCRIPTS if p.parent.name in ("09_pretrain", "10_sft")],
+                         ids=lambda p: p.name)
+def test_tier3_experiment_on_an_unwritten_module_stops_with_one_sentence(script, tmp_path):
+    """实验研究的是本模块的部件：它还是桩时不偷偷换成参考实现，而是一句话、退出码 2、不写结果。"""
+    out = tmp_path / "out"
+    proc = run([script, "--smoke", "--impl", "exercises", "--out-dir", out], cwd=tmp_path)
+    module = script.parent.name
+    assert proc.returncode == 2, proc.stdout[-1500:] + proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr
+    last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1]
+    assert f"exercises/{module}" in last and "--impl solutions" in last, last
+    assert not [f for f in all_files(out) if f.endswith(".json")], all_files(out)

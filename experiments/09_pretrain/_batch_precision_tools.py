@@ -23,7 +23,7 @@ from torch import nn
 
 from kata import impl as kata_impl
 from kata.config import MiniMindConfig
-from kata.experiment import ComponentNotImplemented, display_path
+from kata.experiment import ComponentNotImplemented, display_path, not_implemented_sentence
 
 # (模块, 名字)：本文件的实验用到的学习者部件，按这个顺序试跑
 PIECES = (
@@ -121,6 +121,8 @@ def resolve_pieces(impl: str, own_module: str = "09_pretrain", say=print) -> Pie
                 with torch.random.fork_rng(devices=[]):
                     _probe(name, ns, ref)
             except NotImplementedError as exc:
+                if module == own_module:   # 被研究的是本模块的部件：它还没写就没有“你的代码”可做实验
+                    raise ComponentNotImplemented(name, impl, not_implemented_sentence(name, impl)) from exc
                 first = str(exc).splitlines()[0] if str(exc) else "NotImplementedError"
                 who = "你的" if side == "exercises" else f"--impl {impl} 的"
                 say(f"{who} {name} 还没实现（{first}）：这次改用参考实现 solutions/{module}/。")

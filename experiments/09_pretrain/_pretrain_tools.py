@@ -124,6 +124,8 @@ class Parts:
             with torch.random.fork_rng(devices=[]):      # 试跑不能改变实验的随机序列
                 probe(obj)
         except NotImplementedError as exc:
+            if module == self.own_module:   # 被研究的是本模块的部件：它还没写就没有“你的代码”可做实验
+                raise ComponentNotImplemented(name, self.impl, not_implemented_sentence(name, self.impl)) from exc
             first = str(exc).splitlines()[0] if str(exc) else "NotImplementedError"
             print(f"你的 {name} 还没实现（{first}）：这次用参考实现 solutions/{module}/，"
                   f"结果 JSON 的 provenance 里记着。")
